@@ -1,0 +1,1 @@
+"""Energy Monitoring Management poller: Modbus TCP meters -> InfluxDB, on a cron schedule."""

@@ -1,0 +1,250 @@
+"""One poll cycle: plan -> read (all host:ports in parallel) -> decode -> write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .decode import decode_block_values
+from .modbus import BUSY_CODES, SPLIT_CODES, Endpoint, ExceptionReply, ModbusError
+from .model import Meter, ReadBlock
+from .plan import plan_reads, split_block
+from .sink import SeriesKeys, WriteError, line
+
+log = logging.getLogger("poller")
+
+BUSY_RETRIES = (0.1, 0.25, 0.5)  # seconds to wait before each retry of a busy device
+WRITE_BATCH = 5000  # lines per write request
+
+
+@dataclass
+class MeterResult:
+    meter: Meter
+    lines: list[str] = field(default_factory=list)
+    readings: int = 0
+    invalid: list[str] = field(default_factory=list)
+    requests: int = 0
+    error: ModbusError | None = None
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class CycleReport:
+    meters_ok: int = 0
+    meters_failed: int = 0
+    readings: int = 0
+    invalid: int = 0
+    requests: int = 0
+    written: int = 0
+    not_written: int = 0
+    duration_s: float = 0.0
+    results: list[MeterResult] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (f"cycle: meters ok={self.meters_ok} failed={self.meters_failed} "
+                f"readings={self.readings} invalid={self.invalid} requests={self.requests} "
+                f"duration={self.duration_s:.3f}s")
+        if self.not_written:
+            text += f" NOT WRITTEN={self.not_written}"
+        return text
+
+
+class DeviceLog:
+    """First failure of a meter at ERROR, repeats at DEBUG, recovery at INFO."""
+
+    def __init__(self) -> None:
+        self._failing: dict[int, str] = {}
+        self._reported: set[tuple[int, str]] = set()
+
+    def failed(self, meter: Meter, message: str) -> None:
+        if meter.id in self._failing:
+            log.debug("%s still failing: %s", meter, message)
+        else:
+            log.error("%s failed: %s", meter, message)
+        self._failing[meter.id] = message
+
+    def ok(self, meter: Meter) -> None:
+        if self._failing.pop(meter.id, None) is not None:
+            log.info("%s recovered", meter)
+
+    def once(self, meter: Meter, message: str) -> None:
+        """A problem worth one WARNING per meter, not one per cycle."""
+        if (meter.id, message) not in self._reported:
+            self._reported.add((meter.id, message))
+            log.warning("%s: %s", meter, message)
+
+
+class Writer:
+    """Collects lines from every endpoint and writes them in batches, in order."""
+
+    def __init__(self, sink: object) -> None:
+        self.sink = sink
+        self.pending: list[str] = []
+        self.written = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self._lock = asyncio.Lock()
+
+    async def add(self, lines: Sequence[str]) -> None:
+        self.pending.extend(lines)
+        if len(self.pending) >= WRITE_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            while self.pending:
+                batch, self.pending = self.pending[:WRITE_BATCH], self.pending[WRITE_BATCH:]
+                try:
+                    await asyncio.to_thread(self.sink.write, batch)  # type: ignore[attr-defined]
+                    self.written += len(batch)
+                except WriteError as exc:
+                    self.failed += len(batch)
+                    self.errors.append(str(exc))
+                    log.error("%s", exc)
+
+
+class Poller:
+    """Keeps connections, learned plans and device state from cycle to cycle."""
+
+    def __init__(self, sink: object, max_parallel_endpoints: int = 256) -> None:
+        self.sink = sink
+        self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        self._plans: dict[int, tuple[Meter, tuple[ReadBlock, ...]]] = {}
+        self.keys = SeriesKeys()
+        self.device_log = DeviceLog()
+        self.max_parallel_endpoints = max_parallel_endpoints
+
+    def plan_for(self, meter: Meter) -> tuple[ReadBlock, ...]:
+        cached = self._plans.get(meter.id)
+        if cached is not None and cached[0] is meter:
+            return cached[1]
+        dtype = meter.device_type
+        blocks = plan_reads(dtype.registers, dtype.max_block, dtype.max_gap)
+        self._plans[meter.id] = (meter, blocks)
+        return blocks
+
+    def forget_except(self, meters: Sequence[Meter]) -> None:
+        """Drop connections, plans and keys of meters no longer configured."""
+        ids = {m.id for m in meters}
+        for mid in [m for m in self._plans if m not in ids]:
+            del self._plans[mid]
+        self.keys.forget_except(ids)
+        wanted = {m.endpoint for m in meters}
+        for ep in [e for e in self.endpoints if e not in wanted]:
+            self.endpoints.pop(ep).close()
+
+    def close(self) -> None:
+        for ep in self.endpoints.values():
+            ep.close()
+        self.endpoints.clear()
+
+    async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
+        started = time.monotonic()
+        by_endpoint: dict[tuple[str, int], list[Meter]] = {}
+        for meter in meters:
+            by_endpoint.setdefault(meter.endpoint, []).append(meter)
+        writer = Writer(self.sink)
+        gate = asyncio.Semaphore(self.max_parallel_endpoints)
+
+        async def poll(key: tuple[str, int], group: list[Meter]) -> list[MeterResult]:
+            endpoint = self.endpoints.get(key)
+            if endpoint is None:
+                endpoint = self.endpoints[key] = Endpoint(*key)
+            async with gate:
+                return await self.poll_endpoint(endpoint, group, writer)
+
+        groups = await asyncio.gather(*(poll(k, g) for k, g in by_endpoint.items()))
+        await writer.flush()
+        report = CycleReport(written=writer.written, not_written=writer.failed)
+        for results in groups:
+            for res in results:
+                report.results.append(res)
+                report.requests += res.requests
+                report.readings += res.readings
+                report.invalid += len(res.invalid)
+                if res.ok:
+                    report.meters_ok += 1
+                else:
+                    report.meters_failed += 1
+        report.duration_s = time.monotonic() - started
+        return report
+
+    async def poll_endpoint(self, endpoint: Endpoint, meters: list[Meter], writer: Writer) -> list[MeterResult]:
+        """Every meter behind one host:port, one request at a time."""
+        results = []
+        for meter in meters:
+            result = await self.poll_meter(endpoint, meter)
+            results.append(result)
+            if result.ok:
+                self.device_log.ok(meter)
+            else:
+                self.device_log.failed(meter, str(result.error))
+            if result.lines:
+                await writer.add(result.lines)
+        return results
+
+    async def poll_meter(self, endpoint: Endpoint, meter: Meter) -> MeterResult:
+        result = MeterResult(meter)
+        started = time.monotonic()
+        queue = list(self.plan_for(meter))
+        kept: list[ReadBlock] = []
+        split = False
+        read: list[tuple[ReadBlock, list[int], int]] = []
+        i = 0
+        while i < len(queue):
+            block = queue[i]
+            i += 1
+            try:
+                words = await self._read(endpoint, meter, block, result)
+            except ExceptionReply as exc:
+                if exc.code in SPLIT_CODES and len(block.registers) > 1:
+                    queue[i:i] = split_block(block)  # read both halves next
+                    split = True
+                    continue
+                if exc.code in SPLIT_CODES:
+                    reg = block.registers[0]
+                    self.device_log.once(meter, f"register {reg.measurement} at {reg.address} "
+                                                f"(fc{int(reg.function_code)}) is refused: {exc}")
+                    result.invalid.append(f"{reg.measurement}: refused by the device")
+                    kept.append(block)
+                    continue
+                result.error = exc
+                break
+            except ModbusError as exc:
+                result.error = exc
+                break
+            read.append((block, words, time.time_ns() // 1_000_000))
+            kept.append(block)
+        if split and result.error is None:
+            # Remember the split so later cycles do not pay for it again.
+            self._plans[meter.id] = (meter, tuple(kept))
+            log.info("%s: read plan adjusted to %d requests after the device refused a block", meter, len(kept))
+        keys = self.keys.for_meter(meter)
+        values, invalid = decode_block_values([(block, words) for block, words, _ in read])
+        result.invalid.extend(invalid)
+        result.lines = [line(keys[reg.id], value, read[index][2]) for index, reg, value in values]
+        result.readings = len(result.lines)
+        result.duration_s = time.monotonic() - started
+        return result
+
+    async def _read(self, endpoint: Endpoint, meter: Meter, block: ReadBlock, result: MeterResult) -> list[int]:
+        dtype = meter.device_type
+        for attempt, backoff in enumerate((*BUSY_RETRIES, None)):
+            if dtype.request_pause_s and result.requests:
+                await asyncio.sleep(dtype.request_pause_s)
+            result.requests += 1
+            try:
+                return await endpoint.read(block, meter.slave_address, dtype.timeout_s)
+            except ExceptionReply as exc:
+                if exc.code not in BUSY_CODES or backoff is None:
+                    raise
+                log.debug("%s busy (attempt %d), retrying %s in %.2f s", meter, attempt + 1, block, backoff)
+                await asyncio.sleep(backoff)
+        raise AssertionError("unreachable")

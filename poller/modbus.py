@@ -1,0 +1,147 @@
+"""Modbus TCP reads: one connection and one request at a time per host:port.
+
+Only function codes 3 and 4 are ever sent. This module knows nothing of the
+database or InfluxDB; it turns a ReadBlock into 16-bit words or a ModbusError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from .model import FunctionCode, ReadBlock
+
+log = logging.getLogger(__name__)
+
+# pymodbus logs every failed request at ERROR on its own; the poller reports
+# failures per meter (first at ERROR, repeats at DEBUG), so keep it quiet.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+BUSY_CODES = frozenset({5, 6})  # try again shortly
+SPLIT_CODES = frozenset({2, 3})  # a register in the block does not exist
+
+
+class ModbusError(Exception):
+    """A read failed; `kind` is one word for counting, the message says why."""
+
+    kind = "error"
+    # True when the connection can no longer be trusted (timeout, garbage,
+    # reset): the next request must go over a fresh connection.
+    breaks_connection = True
+
+
+class ConnectError(ModbusError):
+    kind = "connect"
+
+
+class ResponseTimeout(ModbusError):
+    kind = "timeout"
+
+
+class BadReply(ModbusError):
+    kind = "bad_reply"
+
+
+class ExceptionReply(ModbusError):
+    kind = "exception"
+    breaks_connection = False
+
+    def __init__(self, code: int, block: ReadBlock, unit: int) -> None:
+        self.code = code
+        name = EXCEPTION_NAMES.get(code, "unknown exception")
+        super().__init__(f"unit {unit} answered {block} with exception {code} ({name})")
+
+
+class Endpoint:
+    """One host:port (a meter or a gateway fronting many unit ids)."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float = 3.0) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self._client: AsyncModbusTcpClient | None = None
+        self._lock = asyncio.Lock()  # one request in flight, whatever the caller does
+        self.requests = 0  # sent over the endpoint's lifetime
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _connected(self, timeout: float) -> AsyncModbusTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        self.close()
+        # retries=0 and reconnect_delay=0: the poller decides when to try again.
+        client = AsyncModbusTcpClient(
+            self.host, port=self.port, timeout=timeout, retries=0, reconnect_delay=0,
+        )
+        try:
+            ok = await asyncio.wait_for(client.connect(), timeout=max(timeout, self.connect_timeout) + 1)
+        except (TimeoutError, OSError, ModbusException) as exc:
+            client.close()
+            raise ConnectError(f"cannot connect to {self}: {exc or type(exc).__name__}") from None
+        if not ok:
+            client.close()
+            raise ConnectError(f"cannot connect to {self} (refused, unreachable or name not resolved)")
+        self._client = client
+        return client
+
+    async def read(self, block: ReadBlock, unit: int, timeout: float) -> list[int]:
+        """Read one block from one unit id; the words, exactly `block.count` of them."""
+        async with self._lock:
+            client = await self._connected(timeout)
+            client.ctx.comm_params.timeout_connect = timeout  # per device type
+            if block.function_code is FunctionCode.READ_HOLDING_REGISTERS:
+                call = client.read_holding_registers
+            elif block.function_code is FunctionCode.READ_INPUT_REGISTERS:
+                call = client.read_input_registers
+            else:  # pragma: no cover - FunctionCode has no other members
+                raise AssertionError(f"refusing to send function code {block.function_code}")
+            self.requests += 1
+            try:
+                reply = await asyncio.wait_for(
+                    call(block.address, count=block.count, device_id=unit), timeout=timeout + 1)
+            except TimeoutError:
+                self.close()
+                raise ResponseTimeout(f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
+            except ModbusException as exc:
+                self.close()
+                text = str(exc)
+                if "No response" in text or "timeout" in text.lower():
+                    raise ResponseTimeout(
+                        f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
+                raise BadReply(f"{self} unit {unit}, {block}: {text}") from None
+            except (OSError, ConnectionError) as exc:
+                self.close()
+                raise BadReply(f"{self} unit {unit}, {block}: connection lost ({exc})") from None
+            if reply.isError():
+                code = getattr(reply, "exception_code", None)
+                if code is None:
+                    self.close()
+                    raise BadReply(f"{self} unit {unit}, {block}: unusable reply {reply}")
+                raise ExceptionReply(int(code), block, unit)
+            words = list(getattr(reply, "registers", []) or [])
+            if len(words) < block.count:
+                self.close()
+                raise BadReply(f"{self} unit {unit}, {block}: {len(words)} registers in the reply, "
+                               f"{block.count} asked for")
+            return words[:block.count]
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None

@@ -1,0 +1,163 @@
+"""The domain objects: parsed once from the database, immutable afterwards."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+
+class DataType(enum.IntEnum):
+    """registers.data_type codes (1-3 as in the original system)."""
+
+    INT16 = 1  # "int"
+    INT32 = 2  # "long"
+    FLOAT32 = 3  # "float"
+    UINT16 = 4
+    UINT32 = 5
+    INT64 = 6
+    UINT64 = 7
+    FLOAT64 = 8
+
+    @property
+    def words(self) -> int:
+        """How many 16-bit registers one value occupies."""
+        return _WORDS[self]
+
+    @property
+    def struct_code(self) -> str:
+        return _STRUCT[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DataType.FLOAT32, DataType.FLOAT64)
+
+    @property
+    def raw_range(self) -> tuple[int, int] | None:
+        """Smallest and largest raw integer, None for floats."""
+        if self.is_float:
+            return None
+        bits = 16 * self.words
+        if self in (DataType.INT16, DataType.INT32, DataType.INT64):
+            return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return 0, (1 << bits) - 1
+
+
+_WORDS = {
+    DataType.INT16: 1, DataType.UINT16: 1,
+    DataType.INT32: 2, DataType.UINT32: 2, DataType.FLOAT32: 2,
+    DataType.INT64: 4, DataType.UINT64: 4, DataType.FLOAT64: 4,
+}
+_STRUCT = {
+    DataType.INT16: "h", DataType.UINT16: "H",
+    DataType.INT32: "i", DataType.UINT32: "I", DataType.FLOAT32: "f",
+    DataType.INT64: "q", DataType.UINT64: "Q", DataType.FLOAT64: "d",
+}
+for _dt in DataType:  # the table above must agree with struct's sizes
+    assert struct.calcsize(">" + _STRUCT[_dt]) == 2 * _WORDS[_dt]
+
+
+class ByteOrder(enum.StrEnum):
+    """Order of a value's bytes on the wire; A is the most significant byte.
+
+    For 64-bit values the same rule extends: CDAB reverses the word order,
+    BADC swaps the bytes inside each word, DCBA does both.
+    """
+
+    ABCD = "ABCD"  # big-endian (Modbus default)
+    CDAB = "CDAB"  # word-swapped
+    BADC = "BADC"  # byte-swapped
+    DCBA = "DCBA"  # little-endian
+
+
+class FunctionCode(enum.IntEnum):
+    """The only Modbus functions the poller ever sends: both only read."""
+
+    READ_HOLDING_REGISTERS = 3
+    READ_INPUT_REGISTERS = 4
+
+
+MAX_REGISTERS_PER_READ = 125  # Modbus application protocol, 6.3/6.4
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """One value of a device type's register map (a row of `registers`)."""
+
+    id: int
+    device_type: str
+    address: int
+    measurement: str
+    unit: str | None
+    data_type: DataType
+    function_code: FunctionCode
+    byte_order: ByteOrder = ByteOrder.ABCD
+    scale: float = 1.0
+    offset: float = 0.0
+    scale_factor: str | None = None  # measurement of the register holding 10^sf
+    not_available: int | float | None = None  # raw value meaning "no value"
+
+    @property
+    def words(self) -> int:
+        return self.data_type.words
+
+    @property
+    def end(self) -> int:
+        """First address after this value."""
+        return self.address + self.data_type.words
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceType:
+    """A register map with the device family's quirks (a row of `device_types`)."""
+
+    name: str
+    registers: tuple[Register, ...]
+    max_block: int = MAX_REGISTERS_PER_READ
+    max_gap: int = 16
+    timeout_s: float = 3.0
+    request_pause_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """One Modbus device to poll (a row of `energy_meters`)."""
+
+    id: int
+    host: str
+    port: int
+    slave_address: int
+    device_type: DeviceType
+    description: str | None = None
+    poll_cron: str | None = None
+    enabled: bool = True
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"meter {self.id} ({self.host}:{self.port} unit {self.slave_address}, {self.device_type.name})"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBlock:
+    """One Modbus request: `count` registers from `address` with one function code."""
+
+    function_code: FunctionCode
+    address: int
+    count: int
+    registers: tuple[Register, ...] = field(compare=False)
+
+    def __str__(self) -> str:
+        return f"fc{int(self.function_code)} {self.address}..{self.address + self.count - 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One decoded value of one meter, timestamped when it was read."""
+
+    meter: Meter
+    register: Register
+    value: float
+    time_ns: int

@@ -1,0 +1,100 @@
+"""Settings from the environment (names shared with the official images)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from croniter import croniter
+
+DEFAULT_POLL_CRON = "* * * * * */10"  # every 10 seconds (sixth field = seconds)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    postgres_host: str = "localhost"
+    postgres_port: int = 5432
+    postgres_db: str = "energy"
+    postgres_user: str = "postgres"
+    postgres_password: str = ""
+    influxdb_url: str = "http://localhost:8086"
+    influxdb_token: str = ""
+    influxdb_org: str = ""
+    influxdb_bucket: str = "energy"
+    poll_cron: str = DEFAULT_POLL_CRON
+    max_parallel_endpoints: int = 256
+
+    def postgres_dsn(self) -> dict[str, object]:
+        return {
+            "host": self.postgres_host,
+            "port": self.postgres_port,
+            "dbname": self.postgres_db,
+            "user": self.postgres_user,
+            "password": self.postgres_password,
+            "connect_timeout": 10,
+            "application_name": "emm-poller",
+        }
+
+    def __repr__(self) -> str:  # never print credentials
+        return (f"Settings(postgres={self.postgres_user}@{self.postgres_host}:{self.postgres_port}/"
+                f"{self.postgres_db}, influxdb={self.influxdb_url} org={self.influxdb_org} "
+                f"bucket={self.influxdb_bucket}, poll_cron={self.poll_cron!r})")
+
+
+def load_env_file(path: str | os.PathLike[str] = ".dev.env") -> bool:
+    """Load `.dev.env` when present; variables already in the environment win."""
+    if not Path(path).is_file():
+        return False
+    from dotenv import load_dotenv
+
+    return load_dotenv(path, override=False)
+
+
+def validate_cron(expr: str, what: str) -> str:
+    expr = expr.strip()
+    if not croniter.is_valid(expr):
+        raise SettingsError(
+            f"{what} {expr!r} is not a crontab expression "
+            "(5 fields, or 6 with seconds last, e.g. '* * * * * */10' = every 10 s)")
+    return expr
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+
+    def get(name: str, default: str) -> str:
+        value = env.get(name)
+        return default if value is None or value.strip() == "" else value.strip()
+
+    def get_int(name: str, default: int, low: int, high: int) -> int:
+        raw = get(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name}={value} outside {low}..{high}")
+        return value
+
+    url = get("INFLUXDB_URL", Settings.influxdb_url)
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"INFLUXDB_URL={url!r} must start with http:// or https://")
+    return Settings(
+        postgres_host=get("POSTGRES_HOST", Settings.postgres_host),
+        postgres_port=get_int("POSTGRES_PORT", Settings.postgres_port, 1, 65535),
+        postgres_db=get("POSTGRES_DB", Settings.postgres_db),
+        postgres_user=get("POSTGRES_USER", Settings.postgres_user),
+        postgres_password=env.get("POSTGRES_PASSWORD", ""),
+        influxdb_url=url.rstrip("/"),
+        influxdb_token=env.get("INFLUXDB_TOKEN", ""),
+        influxdb_org=get("INFLUXDB_ORG", Settings.influxdb_org),
+        influxdb_bucket=get("INFLUXDB_BUCKET", Settings.influxdb_bucket),
+        poll_cron=validate_cron(get("POLL_CRON", DEFAULT_POLL_CRON), "POLL_CRON"),
+        max_parallel_endpoints=get_int("POLL_MAX_PARALLEL", Settings.max_parallel_endpoints, 1, 10000),
+    )

@@ -1,0 +1,139 @@
+"""Readings -> InfluxDB line protocol -> the InfluxDB v2 write API (or stdout).
+
+Point schema (DESIGN.md): measurement = registers.measurement_name, one float
+field `value`, tags meter, host, slave_address, type, unit and description
+(when set), timestamp = time of the read in milliseconds. `value` is always
+written as a float, so changing a register's data type or scale never causes
+an InfluxDB field-type conflict.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TextIO
+
+from .model import Meter, Reading, Register
+
+log = logging.getLogger(__name__)
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": " ", "\r": " "})
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " "})
+
+
+def escape_measurement(name: str) -> str:
+    return name.replace("\\", "\\\\").translate(_MEASUREMENT_ESCAPES)
+
+
+def escape_tag(text: str) -> str:
+    return text.replace("\\", "\\\\").translate(_TAG_ESCAPES)
+
+
+def series_key(meter: Meter, register: Register) -> str:
+    """`measurement,tag=value,...` for one register of one meter (tags sorted, as InfluxDB likes)."""
+    tags = {
+        "host": meter.host,
+        "meter": str(meter.id),
+        "slave_address": str(meter.slave_address),
+        "type": meter.device_type.name,
+    }
+    if register.unit:
+        tags["unit"] = register.unit
+    if meter.description and meter.description.strip():
+        tags["description"] = meter.description.strip()
+    parts = [escape_measurement(register.measurement)]
+    parts += [f"{k}={escape_tag(v)}" for k, v in sorted(tags.items())]
+    return ",".join(parts)
+
+
+def line(key: str, value: float, time_ms: int) -> str:
+    """One line of line protocol; `value` must be finite (decode guarantees it)."""
+    return f"{key} value={value!r} {time_ms}"
+
+
+def to_lines(readings: Iterable[Reading]) -> list[str]:
+    """Line protocol for readings (the slow, obvious way; see SeriesKeys for the fast one)."""
+    return [line(series_key(r.meter, r.register), r.value, r.time_ns // 1_000_000) for r in readings]
+
+
+class SeriesKeys:
+    """Caches series keys per meter; rebuilt when a meter object changes."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Meter, dict[int, str]]] = {}
+
+    def for_meter(self, meter: Meter) -> dict[int, str]:
+        cached = self._cache.get(meter.id)
+        if cached is not None and cached[0] is meter:
+            return cached[1]
+        keys = {r.id: series_key(meter, r) for r in meter.device_type.registers}
+        self._cache[meter.id] = (meter, keys)
+        return keys
+
+    def forget_except(self, meter_ids: set[int]) -> None:
+        for mid in [m for m in self._cache if m not in meter_ids]:
+            del self._cache[mid]
+
+
+class WriteError(Exception):
+    """A batch could not be written; the message says where and why."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class InfluxSink:
+    """Writes batches of lines to the InfluxDB v2 write API with influxdb-client."""
+
+    def __init__(self, url: str, token: str, org: str, bucket: str, timeout_s: float = 10.0) -> None:
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.url, self.org, self.bucket = url, org, bucket
+        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000),
+                                      retries=False, enable_gzip=True)
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, lines: Sequence[str]) -> None:
+        from influxdb_client import WritePrecision
+        from influxdb_client.rest import ApiException
+
+        if not lines:
+            return
+        try:
+            self._write_api.write(bucket=self.bucket, org=self.org, record="\n".join(lines),
+                                  write_precision=WritePrecision.MS)
+        except ApiException as exc:
+            status = exc.status or 0
+            body = (exc.body or b"")
+            if isinstance(body, bytes):
+                body = body.decode("utf-8", "replace")
+            retryable = status >= 500 or status in (408, 429)
+            raise WriteError(f"InfluxDB at {self.url} refused {len(lines)} points: HTTP {status} "
+                             f"{exc.reason}: {str(body).strip()[:300]}", retryable) from None
+        except Exception as exc:  # urllib3 connection errors, timeouts, DNS
+            reason = getattr(exc, "reason", None) or exc
+            raise WriteError(f"InfluxDB at {self.url} is unreachable ({type(exc).__name__}: {reason}); "
+                             f"{len(lines)} points not written", True) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class StdoutSink:
+    """--dry-run: print the line protocol instead of writing it."""
+
+    url = "stdout"
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def write(self, lines: Sequence[str]) -> None:
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,234 @@
+"""Real servers for the tests: a throwaway PostgreSQL cluster, VictoriaMetrics
+(an InfluxDB v2 write API that can be read back), and the project's own
+processes started exactly as an operator starts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the postgres user then."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@dataclass
+class Postgres:
+    """A private PostgreSQL cluster on a free loopback port, password auth over TCP."""
+
+    datadir: Path
+    port: int
+    user: str = "emm_test"
+    password: str = "test-only-password"
+
+    def env(self, dbname: str) -> dict[str, str]:
+        return {
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(self.port),
+            "POSTGRES_DB": dbname,
+            "POSTGRES_USER": self.user,
+            "POSTGRES_PASSWORD": self.password,
+        }
+
+    def psql(self, dbname: str, *args: str, input: str | None = None, check: bool = True,
+             user: str | None = None, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PGPASSWORD": password or self.password}
+        return subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", user or self.user, "-d", dbname, *args],
+            input=input, env=env, capture_output=True, text=True, check=check, timeout=60)
+
+    def create_database(self, name: str, init: bool = True) -> None:
+        self.psql("postgres", "-c", f'CREATE DATABASE "{name}"')
+        if init:
+            self.psql(name, "-f", str(ROOT / "db" / "init.sql"))
+
+    def drop_database(self, name: str) -> None:
+        self.psql("postgres", "-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def connect(self, dbname: str):  # type: ignore[no-untyped-def]
+        import psycopg2
+
+        return psycopg2.connect(host="127.0.0.1", port=self.port, dbname=dbname,
+                                user=self.user, password=self.password)
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", "fast",
+                                     "-w", "stop"]), capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        out = subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60",
+                                           "-l", str(self.datadir / "server.log"), "start"]),
+                             capture_output=True, text=True, timeout=90)
+        if out.returncode != 0:
+            log = (self.datadir / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"pg_ctl start failed: {out.stderr}\n{log}")
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Postgres]:
+    base = Path(tempfile.mkdtemp(prefix="emm-pg-"))
+    datadir = base / "data"
+    pwfile = base / "pw"
+    pg = Postgres(datadir=datadir, port=free_port())
+    pwfile.write_text(pg.password + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(pwfile, "postgres")
+    try:
+        subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(datadir), "-U", pg.user,
+                                     f"--pwfile={pwfile}", "--auth-local=scram-sha-256",
+                                     "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"]),
+                       check=True, capture_output=True, timeout=120)
+        with open(datadir / "postgresql.conf", "a") as conf:
+            conf.write(f"\nport = {pg.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{base}'\nfsync = off\n"
+                       "synchronous_commit = off\nfull_page_writes = off\n")
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class VictoriaMetrics:
+    """VictoriaMetrics single-node: speaks the InfluxDB v2 write API on /api/v2/write."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="emm-vm-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {"INFLUXDB_URL": self.url, "INFLUXDB_TOKEN": "test-token", "INFLUXDB_ORG": "emm",
+                "INFLUXDB_BUCKET": "energy"}
+
+    def start(self) -> None:
+        binary = shutil.which("victoria-metrics")
+        if binary is None:
+            raise RuntimeError("victoria-metrics is not installed (the README test command installs it)")
+        self.proc = subprocess.Popen(
+            [binary, f"-storageDataPath={self.dir}", f"-httpListenAddr=127.0.0.1:{self.port}",
+             "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.disableCache"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("victoria-metrics did not become healthy")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _export_now(self, match: str) -> list[dict[str, Any]]:
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).read()
+        query = urllib.parse.urlencode({"match[]": match, "start": "0"})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=30) as r:
+            return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+
+    def export(self, match: str = '{__name__=~".+"}', min_samples: int = 1,
+               timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Stored series: [{"metric": {...}, "values": [...], "timestamps": [...]}].
+
+        Freshly written points become searchable after a moment: wait until at
+        least `min_samples` samples are there, then until two reads a second
+        apart agree, so a late duplicate would still be seen.
+        """
+        deadline = time.monotonic() + timeout
+        series = self._export_now(match)
+        while sum(len(s["values"]) for s in series) < min_samples and time.monotonic() < deadline:
+            time.sleep(0.2)
+            series = self._export_now(match)
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            again = self._export_now(match)
+            if again == series:
+                break
+            series = again
+        return series
+
+
+def project_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment a project process gets: no inherited settings, no .dev.env."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("POSTGRES_", "INFLUXDB_", "POLL_"))}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_module(module: str, args: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m <module> ...` as the containers run it; no .dev.env unless the test gives one."""
+    log = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, "-m", module, "--env-file", "/nonexistent", *args],
+                            cwd=ROOT, env=project_env(env), stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

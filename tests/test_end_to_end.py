@@ -1,0 +1,113 @@
+"""PostgreSQL -> simulator over TCP -> poller -> VictoriaMetrics, all real processes."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from poller.plan import plan_reads
+from poller.store import load_configuration
+from tests.servers import ROOT, free_port, project_env, start_module, stop_process, wait_for_port
+from virtual_server.device import make_device
+
+SEED = 7
+
+
+@pytest.fixture
+def simulator(postgres, database, tmp_path):
+    """The simulator on a free port, frozen values, the seed meter pointed at it."""
+    port = free_port()
+    postgres.psql(database, "-c", f"UPDATE energy_meters SET host = '127.0.0.1', port = {port}")
+    log = tmp_path / "simulator.log"
+    proc = start_module("virtual_server", ["--host", "127.0.0.1", "--port", str(port), "--seed", str(SEED),
+                                           "--frozen", "--log-requests"], postgres.env(database), log)
+    try:
+        wait_for_port(port, proc=proc)
+        yield port, log
+    finally:
+        stop_process(proc)
+
+
+def run_poller(args, env, timeout=60):
+    return subprocess.run([sys.executable, "-m", "poller", "--env-file", "/nonexistent", *args],
+                          cwd=ROOT, env=project_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def seed_map(postgres, database):
+    with postgres.connect(database) as conn:
+        config = load_configuration(conn)
+    conn.close()
+    assert not config.problems, config.problems
+    return config
+
+
+def test_every_seed_register_arrives_once_with_the_served_value(postgres, database, simulator, victoria):
+    port, sim_log = simulator
+    config = seed_map(postgres, database)
+    (meter,) = config.meters
+    registers = meter.device_type.registers
+    assert len(registers) == 12
+    expected = make_device("virtual_meter", registers, SEED).values()
+
+    before_ms = int(time.time() * 1000)
+    done = run_poller(["--once"], {**postgres.env(database), **victoria.env()})
+    after_ms = int(time.time() * 1000)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"cycle: meters ok=1 failed=0 readings=12 invalid=0 requests=2 ", done.stderr), done.stderr
+
+    series = victoria.export(min_samples=12)
+    stored = {s["metric"]["__name__"]: s for s in series}
+    assert sorted(stored) == sorted(f"{r.measurement}_value" for r in registers)
+    for reg in registers:
+        s = stored[f"{reg.measurement}_value"]
+        tags = {k: v for k, v in s["metric"].items() if k != "__name__"}
+        want = {"meter": str(meter.id), "host": "127.0.0.1", "slave_address": "1", "type": "virtual_meter",
+                "description": "Virtual meter (simulator)"}
+        if reg.unit:
+            want["unit"] = reg.unit
+        assert tags == want, reg.measurement
+        assert len(s["values"]) == 1, f"{reg.measurement} stored {len(s['values'])} times"
+        assert s["values"][0] == pytest.approx(expected[reg.measurement], rel=1e-12, abs=1e-12), reg.measurement
+        assert before_ms <= s["timestamps"][0] <= after_ms
+
+    # One request per coalesced block, not one per register.
+    requests = re.findall(r"request unit=(\d+) fc=(\d) address=(\d+) count=(\d+)", sim_log.read_text())
+    blocks = plan_reads(registers, meter.device_type.max_block, meter.device_type.max_gap)
+    assert sorted((1, int(b.function_code), b.address, b.count) for b in blocks) == \
+        sorted(tuple(map(int, r)) for r in requests)
+    assert len(requests) == 2
+
+
+def test_dry_run_prints_one_line_per_register(postgres, database, simulator):
+    done = run_poller(["--once", "--dry-run"], {**postgres.env(database), "INFLUXDB_URL": "http://127.0.0.1:9"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    measurements = sorted(line.split(",", 1)[0] for line in lines)
+    with postgres.connect(database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT measurement_name FROM registers WHERE type = 'virtual_meter'")
+        assert measurements == sorted(r[0] for r in cur.fetchall())
+    assert all(re.fullmatch(r"\S+(,\S+=\S+)+ value=[-0-9.e+]+ \d{13}", line.replace("\\ ", "_")) for line in lines)
+
+
+def test_runs_on_the_schedule_and_stops_cleanly(postgres, database, simulator, victoria, tmp_path):
+    env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *"}
+    log = tmp_path / "poller.log"
+    proc = start_module("poller", [], env, log)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and log.read_text().count("cycle: meters ok=1") < 3:
+            time.sleep(0.2)
+    finally:
+        rc = stop_process(proc)
+    text = log.read_text()
+    assert text.count("cycle: meters ok=1") >= 3, text
+    assert rc == 0, text
+    (voltage,) = victoria.export('{__name__="voltage_l1_value"}', min_samples=3)
+    stamps = voltage["timestamps"]
+    assert len(stamps) >= 3 and len(set(stamps)) == len(stamps)
+    # each tick lands in its own second (the schedule is every second)
+    assert len({t // 1000 for t in stamps}) == len(stamps)

@@ -1,0 +1,1 @@
+"""A Modbus TCP simulator serving the register maps of the configuration database."""

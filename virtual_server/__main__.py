@@ -1,0 +1,135 @@
+"""python -m virtual_server: serve simulated meters over Modbus TCP.
+
+The register maps come from the configuration database (the same POSTGRES_*
+settings as the poller), so what is served is exactly what the poller reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from poller.config import ConfigError, ConfigSource
+from poller.model import Register
+from poller.settings import SettingsError, from_env, load_env_file
+
+from .device import VirtualDevice, make_device
+from .server import ModbusTcpServer
+
+log = logging.getLogger("virtual_server")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m virtual_server",
+        description="Serve simulated meters over Modbus TCP (functions 3 and 4), with register maps "
+                    "read from the configuration database (POSTGRES_* settings, .dev.env).")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=502, help="TCP port (default 502)")
+    p.add_argument("--device-type", default="virtual_meter",
+                   help="device type served at every unit id (default virtual_meter)")
+    p.add_argument("--unit", action="append", default=[], metavar="ID=TYPE",
+                   help="serve TYPE at unit ID only (repeatable); other unit ids get --device-type")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable values")
+    p.add_argument("--frozen", action="store_true", help="values never change after start")
+    p.add_argument("--strict", action="store_true",
+                   help="answer 'illegal data address' for addresses no register covers")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before every reply")
+    p.add_argument("--log-requests", action="store_true", help="log every request received")
+    p.add_argument("--env-file", default=".dev.env", help="settings file loaded when present")
+    return p.parse_args(argv)
+
+
+async def load_types(wanted: set[str], stop: asyncio.Event) -> dict[str, tuple[Register, ...]] | None:
+    """Wait for the database, then the register map of every wanted type."""
+    source = ConfigSource(from_env())
+    try:
+        while not stop.is_set():
+            try:
+                config = await asyncio.to_thread(source.load)
+                break
+            except ConfigError as exc:
+                log.warning("%s; trying again in 2 s", exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), 2)
+                except TimeoutError:
+                    pass
+        else:
+            return None
+    finally:
+        source.close()
+    missing = sorted(t for t in wanted if t not in config.device_types or not config.device_types[t].registers)
+    if missing:
+        known = ", ".join(sorted(config.device_types)) or "none"
+        raise SystemExit(f"device type(s) {', '.join(missing)} not in the database or without registers "
+                         f"(known: {known})")
+    return {t: config.device_types[t].registers for t in wanted}
+
+
+async def serve(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    unit_types: dict[int, str] = {}
+    for spec in args.unit:
+        uid, _, tname = spec.partition("=")
+        if not uid.isdigit() or not 0 <= int(uid) <= 255 or not tname:
+            raise SystemExit(f"--unit {spec!r}: expected ID=TYPE with ID 0..255")
+        unit_types[int(uid)] = tname
+    wanted = {args.device_type, *unit_types.values()}
+    maps = await load_types(wanted, stop)
+    if maps is None:
+        return 0
+    devices = {name: make_device(name, regs, args.seed) for name, regs in maps.items()}
+
+    def bank(dev: VirtualDevice):  # type: ignore[no-untyped-def]
+        words = dev.words()
+        return lambda: words if args.frozen else dev.words()
+
+    server = ModbusTcpServer(
+        units={uid: bank(devices[t]) for uid, t in unit_types.items()},
+        default=bank(devices[args.device_type]),
+        latency_s=args.latency_ms / 1000.0,
+        strict=args.strict,
+        log_requests=args.log_requests,
+    )
+    port = await server.start(args.host, args.port)
+    log.info("serving %s on %s:%d (%s)", ", ".join(sorted(devices)), args.host, port,
+             "frozen values" if args.frozen else "values change every second")
+    last = time.monotonic()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
+        now = time.monotonic()
+        if not args.frozen:
+            for dev in devices.values():
+                dev.step(now - last)
+        last = now
+    await server.stop()
+    log.info("stopped after %d requests", server.stats.requests)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.Formatter.converter = time.gmtime
+    load_env_file(args.env_file)
+    try:
+        return asyncio.run(serve(args))
+    except SettingsError as exc:
+        log.error("setting: %s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""A simulated device: plausible values for a register map, encoded as the poller decodes them.
+
+Values are chosen from the register's unit and name (voltage near 230 V, mains
+frequency near 50 Hz, energy counters that only grow ...), then quantised to
+what the register can carry (its type, scale, offset and scale factor), so the
+engineering value the simulator reports is exactly what a correct poller stores.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from poller.decode import encode_raw
+from poller.model import DataType, Register
+
+# (nominal, relative noise) by lower-case unit; counters are handled apart.
+_NOMINAL = {
+    "v": (230.0, 0.01), "kv": (0.23, 0.01), "a": (8.0, 0.3), "ma": (8000.0, 0.3),
+    "w": (2500.0, 0.3), "kw": (2.5, 0.3), "var": (300.0, 0.3), "kvar": (0.3, 0.3),
+    "va": (2600.0, 0.3), "kva": (2.6, 0.3), "hz": (50.0, 0.001), "°c": (35.0, 0.1),
+    "c": (35.0, 0.1), "%": (96.0, 0.02), "s": (3600.0, 0.0), "ohm": (1000.0, 0.05),
+    "kohm": (1000.0, 0.05), "h": (1000.0, 0.0),
+}
+_COUNTER_UNITS = {"wh": 1.0, "kwh": 1e-3, "mwh": 1e-6, "varh": 1.0, "kvarh": 1e-3, "vah": 1.0, "kvah": 1e-3}
+_COUNTER_START_WH = 1_234_567.0  # 1234.567 kWh already on the meter
+_COUNTER_RATE_W = 2500.0  # the power behind the counter's growth
+
+
+@dataclass
+class _Cell:
+    register: Register
+    nominal: float
+    noise: float
+    counter_scale: float | None  # unit per Wh, for energy counters
+    raw: int | float = 0
+
+
+class VirtualDevice:
+    """Register values of one simulated device type, changing over time unless frozen."""
+
+    def __init__(self, registers: Iterable[Register], seed: int | None = None) -> None:
+        self.rng = random.Random(seed)
+        self.registers = tuple(registers)
+        names = {r.measurement for r in self.registers}
+        sf_names = {r.scale_factor for r in self.registers if r.scale_factor in names}
+        # Scale-factor registers carry a fixed power of ten: -1 for most values,
+        # 0 for power and energy, as SunSpec devices commonly report.
+        self.scale_factors: dict[str, int] = {}
+        for reg in self.registers:
+            if reg.scale_factor in sf_names:
+                unit = (reg.unit or "").lower()
+                sf = 0 if unit in ("w", "kw", "var", "va") or unit in _COUNTER_UNITS else -1
+                self.scale_factors.setdefault(reg.scale_factor, sf)
+        self.cells = {}
+        for reg in self.registers:
+            if reg.measurement in sf_names:
+                continue
+            unit = (reg.unit or "").lower()
+            if unit in _COUNTER_UNITS:
+                cell = _Cell(reg, _COUNTER_START_WH * _COUNTER_UNITS[unit], 0.0, _COUNTER_UNITS[unit])
+            else:
+                nominal, noise = _nominal_for(reg)
+                cell = _Cell(reg, nominal, noise, None)
+            self.cells[reg.measurement] = cell
+        self.energy_wh = _COUNTER_START_WH
+        self.step(0.0)
+
+    def _sf(self, reg: Register) -> int:
+        return self.scale_factors.get(reg.scale_factor, 0) if reg.scale_factor else 0
+
+    def step(self, seconds: float) -> None:
+        """Advance time: noisy values move, counters grow with the energy delivered."""
+        self.energy_wh += _COUNTER_RATE_W * seconds / 3600.0
+        for cell in self.cells.values():
+            if cell.counter_scale is not None:
+                target = self.energy_wh * cell.counter_scale
+            else:
+                target = cell.nominal * (1 + self.rng.uniform(-cell.noise, cell.noise))
+            # rounding is monotonic, so a counter's raw value never steps back
+            cell.raw = _quantise(cell.register, target, self._sf(cell.register))
+
+    def value(self, measurement: str) -> float:
+        """The engineering value a correct poller stores for this register now."""
+        if measurement in self.scale_factors:
+            return float(self.scale_factors[measurement])
+        cell = self.cells[measurement]
+        reg = cell.register
+        value = cell.raw * reg.scale
+        sf = self._sf(reg)
+        if reg.scale_factor:
+            value *= 10.0 ** sf
+        return float(value + reg.offset)
+
+    def values(self) -> dict[str, float]:
+        return {r.measurement: self.value(r.measurement) for r in self.registers}
+
+    def words(self) -> dict[tuple[int, int], int]:
+        """{(function code, address): 16-bit word} for every register, as served now."""
+        banks: dict[tuple[int, int], int] = {}
+        for reg in self.registers:
+            if reg.measurement in self.scale_factors:
+                raw: int | float = self.scale_factors[reg.measurement]
+            else:
+                raw = self.cells[reg.measurement].raw
+            for i, word in enumerate(encode_raw(reg, raw)):
+                banks[(int(reg.function_code), reg.address + i)] = word
+        return banks
+
+
+def _nominal_for(reg: Register) -> tuple[float, float]:
+    unit = (reg.unit or "").lower()
+    name = reg.measurement.lower()
+    if unit in _NOMINAL:
+        nominal, noise = _NOMINAL[unit]
+    elif "factor" in name or name.startswith(("pf", "cos")) or name.endswith("_pf"):
+        nominal, noise = 0.95, 0.03
+    else:
+        nominal, noise = 42.0, 0.1
+    if unit in ("v", "kv") and ("dc" in name or "pv" in name or "string" in name):
+        nominal *= 2.0
+    return nominal, noise
+
+
+def _quantise(reg: Register, target: float, sf: int) -> int | float:
+    """The raw register value closest to `target` that the register can carry."""
+    step = reg.scale * (10.0 ** sf if reg.scale_factor else 1.0)
+    raw = (target - reg.offset) / step
+    if reg.data_type is DataType.FLOAT32:
+        return struct.unpack(">f", struct.pack(">f", raw))[0]
+    if reg.data_type is DataType.FLOAT64:
+        return raw
+    lo, hi = reg.data_type.raw_range  # type: ignore[misc]
+    value = int(round(raw)) if math.isfinite(raw) else 0
+    value = min(max(value, lo), hi)
+    if reg.not_available is not None and value == reg.not_available:
+        value = value - 1 if value > lo else value + 1
+    return value
+
+
+def make_device(type_name: str, registers: Iterable[Register], seed: int | None) -> VirtualDevice:
+    """The device the server runs for a type; with a seed, the same values in every process."""
+    if seed is None:
+        return VirtualDevice(registers)
+    return VirtualDevice(registers, seed=zlib.crc32(f"{seed}:{type_name}".encode()))
