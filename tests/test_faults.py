@@ -1,0 +1,153 @@
+"""Bad devices and a missing InfluxDB: reported per meter, the cycle goes on, nothing crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from dataclasses import replace
+
+import pytest
+
+from poller.cycle import Poller
+from poller.model import FunctionCode
+from poller.store import load_configuration
+from tests.servers import ModbusServerThread, free_port
+from tests.test_end_to_end import run_poller
+from virtual_server.device import make_device
+from virtual_server.server import ModbusTcpServer
+
+
+def seed_registers(postgres, database):
+    conn = postgres.connect(database)
+    try:
+        config = load_configuration(conn)
+    finally:
+        conn.close()
+    return config.device_types["virtual_meter"].registers
+
+
+@pytest.fixture
+def hung_device():
+    """Accepts TCP connections, never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_failing_devices_are_reported_and_the_rest_of_the_cycle_goes_on(postgres, database, victoria, hung_device):
+    registers = seed_registers(postgres, database)
+    device = make_device("virtual_meter", registers, 1)
+    words = device.words()
+    nan_words = dict(words)
+    nan_words[(4, 0)], nan_words[(4, 1)] = 0x7FC0, 0x0000  # voltage_l1 = NaN
+    gateway = ModbusServerThread(ModbusTcpServer(units={1: lambda: words, 2: lambda: nan_words}, default=None))
+    refused = free_port()
+    postgres.psql(database, "-c", f"""
+        UPDATE device_types SET timeout_s = 0.5 WHERE name = 'virtual_meter';
+        DELETE FROM energy_meters;
+        INSERT INTO energy_meters (id, host, port, slave_address, type) VALUES
+            (1, '127.0.0.1', {gateway.port}, 1, 'virtual_meter'),
+            (2, '127.0.0.1', {gateway.port}, 9, 'virtual_meter'),
+            (3, '127.0.0.1', {refused}, 1, 'virtual_meter'),
+            (4, 'no-such-host.invalid', 502, 1, 'virtual_meter'),
+            (5, '127.0.0.1', {hung_device}, 1, 'virtual_meter'),
+            (6, '127.0.0.1', {gateway.port}, 2, 'virtual_meter');""")
+    try:
+        done = run_poller(["--once"], {**postgres.env(database), **victoria.env()})
+    finally:
+        gateway.close()
+    log = done.stderr
+    assert done.returncode == 0, log
+    assert "cycle: meters ok=2 failed=4 readings=23 invalid=1 " in log
+    assert re.search(r"meter 2 .*unit 9.* failed: .*exception 11 \(gateway target device failed to respond\)", log)
+    assert re.search(rf"meter 3 .* failed: cannot connect to 127.0.0.1:{refused}", log)
+    assert re.search(r"meter 4 .* failed: cannot connect to no-such-host.invalid:502", log)
+    assert re.search(rf"meter 5 .* failed: no reply from 127.0.0.1:{hung_device} unit 1 .* within 0.5 s", log)
+    assert "Traceback" not in log
+
+    series = victoria.export(min_samples=23)
+    by_meter = {}
+    for s in series:
+        by_meter.setdefault(s["metric"]["meter"], set()).add(s["metric"]["__name__"])
+    assert sorted(by_meter) == ["1", "6"]
+    assert len(by_meter["1"]) == 12
+    assert "voltage_l1_value" not in by_meter["6"] and len(by_meter["6"]) == 11  # NaN is not written
+
+
+class ListSink:
+    url = "memory"
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, lines):
+        self.lines.extend(lines)
+
+    def close(self):
+        pass
+
+
+def test_a_block_with_a_refused_register_is_split_and_the_split_remembered(postgres, database):
+    conn = postgres.connect(database)
+    try:
+        config = load_configuration(conn)
+    finally:
+        conn.close()
+    (meter,) = config.meters
+    words = make_device("virtual_meter", meter.device_type.registers, 1).words()
+    # temperature (holding register 101) does not exist on this device
+    server = ModbusTcpServer(units={}, default=lambda: words, refuse=frozenset({(3, 101)}))
+    thread = ModbusServerThread(server)
+    try:
+        meter = replace(meter, host="127.0.0.1", port=thread.port)
+        sink = ListSink()
+        poller = Poller(sink)
+
+        async def two_cycles():
+            first = await poller.run_cycle([meter])
+            asked = server.stats.requests
+            second = await poller.run_cycle([meter])
+            poller.close()
+            return first, asked, second
+
+        first, asked_first, second = asyncio.run(two_cycles())
+    finally:
+        thread.close()
+    assert first.meters_ok == 1 and first.readings == 11 and first.invalid == 1
+    assert second.meters_ok == 1 and second.readings == 11
+    measurements = {line.split(",")[0] for line in sink.lines}
+    assert "temperature" not in measurements and len(measurements) == 11
+    # first cycle: fc4 block, fc3 block refused, then halves until temperature stands alone
+    assert asked_first > 2
+    # second cycle: the remembered plan, one request per block, the refused register alone
+    assert second.requests == server.stats.requests - asked_first
+    assert second.requests < asked_first
+    holding = [k for k in server.stats.by_request if k[1] == int(FunctionCode.READ_HOLDING_REGISTERS)]
+    assert (0, 3, 101, 1) in holding or (1, 3, 101, 1) in holding
+
+
+def test_influxdb_unreachable_is_named(postgres, database):
+    port = free_port()
+    words = make_device("virtual_meter", seed_registers(postgres, database), 1).words()
+    thread = ModbusServerThread(ModbusTcpServer(units={}, default=lambda: words))
+    postgres.psql(database, "-c", f"UPDATE energy_meters SET host = '127.0.0.1', port = {thread.port}")
+    try:
+        done = run_poller(["--once"], {**postgres.env(database), "INFLUXDB_URL": f"http://127.0.0.1:{port}",
+                                       "INFLUXDB_TOKEN": "t", "INFLUXDB_ORG": "o", "INFLUXDB_BUCKET": "b"})
+    finally:
+        thread.close()
+    assert done.returncode == 1
+    assert f"InfluxDB at http://127.0.0.1:{port} is unreachable" in done.stderr
+    assert "12 points not written" in done.stderr
+    assert "NOT WRITTEN=12" in done.stderr
+
+
+def test_postgres_unreachable_is_named():
+    port = free_port()
+    done = run_poller(["--once", "--dry-run"], {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(port),
+                                                "POSTGRES_USER": "u", "POSTGRES_DB": "d"})
+    assert done.returncode == 2
+    assert f"cannot read the configuration from PostgreSQL u@127.0.0.1:{port}/d" in done.stderr
