@@ -87,14 +87,16 @@ async def run_forever(settings: Settings, dry_run: bool) -> int:
     running: asyncio.Task[None] | None = None
     running_since = ""
 
-    async def cycle(fired: frozenset[str]) -> None:
+    async def cycle(tick: datetime, fired: frozenset[str]) -> None:
         nonlocal config
         config = await asyncio.to_thread(source.load)
         poller.forget_except(config.meters)
         due = schedule.due(config.meters, fired)
         if due:
             report = await poller.run_cycle(due)
-            log.info("%s", report.summary())
+            # since_tick: from the scheduled instant to the last reading written
+            since_tick = (datetime.now(UTC) - tick).total_seconds()
+            log.info("%s since_tick=%.3fs", report.summary(), since_tick)
 
     while not stop.is_set():
         now = datetime.now(UTC)
@@ -109,7 +111,7 @@ async def run_forever(settings: Settings, dry_run: bool) -> int:
         if running is not None and running.exception() is not None:
             log.error("cycle crashed: %r", running.exception())
         running_since = tick.strftime("%H:%M:%S")
-        running = asyncio.create_task(cycle(fired))
+        running = asyncio.create_task(cycle(tick, fired))
 
     log.info("stopping: waiting for the running cycle to finish")
     if running is not None:

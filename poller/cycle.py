@@ -237,11 +237,9 @@ class Poller:
     async def _read(self, endpoint: Endpoint, meter: Meter, block: ReadBlock, result: MeterResult) -> list[int]:
         dtype = meter.device_type
         for attempt, backoff in enumerate((*BUSY_RETRIES, None)):
-            if dtype.request_pause_s and result.requests:
-                await asyncio.sleep(dtype.request_pause_s)
             result.requests += 1
             try:
-                return await endpoint.read(block, meter.slave_address, dtype.timeout_s)
+                return await endpoint.read(block, meter.slave_address, dtype.timeout_s, dtype.request_pause_s)
             except ExceptionReply as exc:
                 if exc.code not in BUSY_CODES or backoff is None:
                     raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -75,6 +76,7 @@ class Endpoint:
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()  # one request in flight, whatever the caller does
         self.requests = 0  # sent over the endpoint's lifetime
+        self._last_reply = 0.0  # monotonic time the last request ended
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -98,46 +100,60 @@ class Endpoint:
         self._client = client
         return client
 
-    async def read(self, block: ReadBlock, unit: int, timeout: float) -> list[int]:
-        """Read one block from one unit id; the words, exactly `block.count` of them."""
+    async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0) -> list[int]:
+        """Read one block from one unit id; the words, exactly `block.count` of them.
+
+        `pause`: the least time between the end of one request on this
+        host:port and the start of the next (a quirk of some gateways).
+        """
         async with self._lock:
-            client = await self._connected(timeout)
-            client.ctx.comm_params.timeout_connect = timeout  # per device type
-            if block.function_code is FunctionCode.READ_HOLDING_REGISTERS:
-                call = client.read_holding_registers
-            elif block.function_code is FunctionCode.READ_INPUT_REGISTERS:
-                call = client.read_input_registers
-            else:  # pragma: no cover - FunctionCode has no other members
-                raise AssertionError(f"refusing to send function code {block.function_code}")
-            self.requests += 1
+            if pause:
+                wait = self._last_reply + pause - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             try:
-                reply = await asyncio.wait_for(
-                    call(block.address, count=block.count, device_id=unit), timeout=timeout + 1)
-            except TimeoutError:
+                return await self._read(block, unit, timeout)
+            finally:
+                self._last_reply = time.monotonic()
+
+    async def _read(self, block: ReadBlock, unit: int, timeout: float) -> list[int]:
+        client = await self._connected(timeout)
+        client.ctx.comm_params.timeout_connect = timeout  # per device type
+        if block.function_code is FunctionCode.READ_HOLDING_REGISTERS:
+            call = client.read_holding_registers
+        elif block.function_code is FunctionCode.READ_INPUT_REGISTERS:
+            call = client.read_input_registers
+        else:  # pragma: no cover - FunctionCode has no other members
+            raise AssertionError(f"refusing to send function code {block.function_code}")
+        self.requests += 1
+        try:
+            reply = await asyncio.wait_for(
+                call(block.address, count=block.count, device_id=unit), timeout=timeout + 1)
+        except TimeoutError:
+            self.close()
+            raise ResponseTimeout(f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
+        except ModbusException as exc:
+            self.close()
+            text = str(exc)
+            if "No response" in text or "timeout" in text.lower():
+                raise ResponseTimeout(
+                    f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
+            raise BadReply(f"{self} unit {unit}, {block}: {text}") from None
+        except (OSError, ConnectionError) as exc:
+            self.close()
+            raise BadReply(f"{self} unit {unit}, {block}: connection lost ({exc})") from None
+        if reply.isError():
+            code = getattr(reply, "exception_code", None)
+            if code is None:
                 self.close()
-                raise ResponseTimeout(f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
-            except ModbusException as exc:
-                self.close()
-                text = str(exc)
-                if "No response" in text or "timeout" in text.lower():
-                    raise ResponseTimeout(
-                        f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
-                raise BadReply(f"{self} unit {unit}, {block}: {text}") from None
-            except (OSError, ConnectionError) as exc:
-                self.close()
-                raise BadReply(f"{self} unit {unit}, {block}: connection lost ({exc})") from None
-            if reply.isError():
-                code = getattr(reply, "exception_code", None)
-                if code is None:
-                    self.close()
-                    raise BadReply(f"{self} unit {unit}, {block}: unusable reply {reply}")
-                raise ExceptionReply(int(code), block, unit)
-            words = list(getattr(reply, "registers", []) or [])
-            if len(words) < block.count:
-                self.close()
-                raise BadReply(f"{self} unit {unit}, {block}: {len(words)} registers in the reply, "
-                               f"{block.count} asked for")
-            return words[:block.count]
+                raise BadReply(f"{self} unit {unit}, {block}: unusable reply {reply}")
+            raise ExceptionReply(int(code), block, unit)
+        words = list(getattr(reply, "registers", []) or [])
+        if len(words) < block.count:
+            self.close()
+            raise BadReply(f"{self} unit {unit}, {block}: {len(words)} registers in the reply, "
+                           f"{block.count} asked for")
+        return words[:block.count]
 
     def close(self) -> None:
         if self._client is not None:
