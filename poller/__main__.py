@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run exactly one cycle over every enabled meter, then exit "
                              "(0 when the cycle ran, even if devices failed)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print InfluxDB line protocol to stdout instead of writing it")
+                        help="print the readings as InfluxDB line protocol to stdout instead of writing "
+                             "them (the poller_status points are left out)")
     parser.add_argument("--env-file", default=".dev.env",
                         help="settings file to load when present (default: .dev.env)")
     parser.add_argument("--log-level", default="INFO",
@@ -54,7 +55,7 @@ async def run_once(settings: Settings, dry_run: bool) -> int:
     finally:
         source.close()
     sink = make_sink(settings, dry_run)
-    poller = Poller(sink, settings.max_parallel_endpoints)
+    poller = Poller(sink, settings.max_parallel_endpoints, status_points=not dry_run)
     try:
         report = await poller.run_cycle([m for m in config.meters if m.enabled])
     finally:
@@ -67,7 +68,7 @@ async def run_once(settings: Settings, dry_run: bool) -> int:
 async def run_forever(settings: Settings, dry_run: bool) -> int:
     source = ConfigSource(settings)
     sink = make_sink(settings, dry_run)
-    poller = Poller(sink, settings.max_parallel_endpoints)
+    poller = Poller(sink, settings.max_parallel_endpoints, status_points=not dry_run)
     schedule = Schedule(settings.poll_cron)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from .sink import SeriesKeys, WriteError, line
 log = logging.getLogger("poller")
 
 BUSY_RETRIES = (0.1, 0.25, 0.5)  # seconds to wait before each retry of a busy device
+MAX_BACKOFF_CYCLES = 32  # a failing meter is tried at least every 33 cycles
 WRITE_BATCH = 5000  # lines per write request
 
 
@@ -27,18 +28,22 @@ class MeterResult:
     readings: int = 0
     invalid: list[str] = field(default_factory=list)
     requests: int = 0
+    errors: int = 0  # requests that failed (timeouts, exception replies, broken replies)
     error: ModbusError | None = None
+    backed_off: bool = False  # not polled this cycle: it kept failing
     duration_s: float = 0.0
+    time_ms: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and not self.backed_off
 
 
 @dataclass
 class CycleReport:
     meters_ok: int = 0
     meters_failed: int = 0
+    meters_backed_off: int = 0
     readings: int = 0
     invalid: int = 0
     requests: int = 0
@@ -49,36 +54,62 @@ class CycleReport:
 
     def summary(self) -> str:
         text = (f"cycle: meters ok={self.meters_ok} failed={self.meters_failed} "
-                f"readings={self.readings} invalid={self.invalid} requests={self.requests} "
-                f"duration={self.duration_s:.3f}s")
+                f"backed_off={self.meters_backed_off} readings={self.readings} invalid={self.invalid} "
+                f"requests={self.requests} duration={self.duration_s:.3f}s")
         if self.not_written:
             text += f" NOT WRITTEN={self.not_written}"
         return text
 
 
-class DeviceLog:
-    """First failure of a meter at ERROR, repeats at DEBUG, recovery at INFO."""
+class DeviceHealth:
+    """Per meter: consecutive failures, back-off, and how failures are logged.
+
+    The first failure is logged at ERROR, repeats at DEBUG, the recovery at
+    INFO. After n failures in a row the meter sits out 2^(n-1) - 1 cycles
+    (0, 1, 3, 7 ... capped at MAX_BACKOFF_CYCLES), so a dead device costs its
+    gateway one timeout now and then instead of one every cycle.
+    """
 
     def __init__(self) -> None:
-        self._failing: dict[int, str] = {}
+        self._failures: dict[int, int] = {}
+        self._skip: dict[int, int] = {}
         self._reported: set[tuple[int, str]] = set()
 
+    def backing_off(self, meter: Meter) -> bool:
+        """True when the meter sits this cycle out (and counts the cycle)."""
+        left = self._skip.get(meter.id, 0)
+        if left > 0:
+            self._skip[meter.id] = left - 1
+            return True
+        return False
+
     def failed(self, meter: Meter, message: str) -> None:
-        if meter.id in self._failing:
-            log.debug("%s still failing: %s", meter, message)
-        else:
+        n = self._failures.get(meter.id, 0) + 1
+        self._failures[meter.id] = n
+        skip = min(2 ** (n - 1) - 1, MAX_BACKOFF_CYCLES)
+        self._skip[meter.id] = skip
+        if n == 1:
             log.error("%s failed: %s", meter, message)
-        self._failing[meter.id] = message
+        else:
+            log.debug("%s failed %d times in a row: %s; skipping %d cycles", meter, n, message, skip)
 
     def ok(self, meter: Meter) -> None:
-        if self._failing.pop(meter.id, None) is not None:
-            log.info("%s recovered", meter)
+        n = self._failures.pop(meter.id, 0)
+        self._skip.pop(meter.id, None)
+        if n:
+            log.info("%s recovered after %d failed cycles", meter, n)
 
     def once(self, meter: Meter, message: str) -> None:
         """A problem worth one WARNING per meter, not one per cycle."""
         if (meter.id, message) not in self._reported:
             self._reported.add((meter.id, message))
             log.warning("%s: %s", meter, message)
+
+    def forget_except(self, meter_ids: set[int]) -> None:
+        for table in (self._failures, self._skip):
+            for mid in [m for m in table if m not in meter_ids]:
+                del table[mid]
+        self._reported = {r for r in self._reported if r[0] in meter_ids}
 
 
 class Writer:
@@ -113,12 +144,13 @@ class Writer:
 class Poller:
     """Keeps connections, learned plans and device state from cycle to cycle."""
 
-    def __init__(self, sink: object, max_parallel_endpoints: int = 256) -> None:
+    def __init__(self, sink: object, max_parallel_endpoints: int = 256, status_points: bool = True) -> None:
         self.sink = sink
+        self.status_points = status_points  # write a poller_status point per meter and cycle
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
         self._plans: dict[int, tuple[Meter, tuple[ReadBlock, ...]]] = {}
         self.keys = SeriesKeys()
-        self.device_log = DeviceLog()
+        self.health = DeviceHealth()
         self.max_parallel_endpoints = max_parallel_endpoints
 
     def plan_for(self, meter: Meter) -> tuple[ReadBlock, ...]:
@@ -136,6 +168,7 @@ class Poller:
         for mid in [m for m in self._plans if m not in ids]:
             del self._plans[mid]
         self.keys.forget_except(ids)
+        self.health.forget_except(ids)
         wanted = {m.endpoint for m in meters}
         for ep in [e for e in self.endpoints if e not in wanted]:
             self.endpoints.pop(ep).close()
@@ -171,6 +204,8 @@ class Poller:
                 report.invalid += len(res.invalid)
                 if res.ok:
                     report.meters_ok += 1
+                elif res.backed_off:
+                    report.meters_backed_off += 1
                 else:
                     report.meters_failed += 1
         report.duration_s = time.monotonic() - started
@@ -180,18 +215,22 @@ class Poller:
         """Every meter behind one host:port, one request at a time."""
         results = []
         for meter in meters:
-            result = await self.poll_meter(endpoint, meter)
-            results.append(result)
-            if result.ok:
-                self.device_log.ok(meter)
+            if self.health.backing_off(meter):
+                result = MeterResult(meter, backed_off=True, time_ms=time.time_ns() // 1_000_000)
             else:
-                self.device_log.failed(meter, str(result.error))
-            if result.lines:
-                await writer.add(result.lines)
+                result = await self.poll_meter(endpoint, meter)
+                if result.ok:
+                    self.health.ok(meter)
+                else:
+                    self.health.failed(meter, str(result.error))
+            results.append(result)
+            if self.status_points:
+                result.lines.append(self.keys.status_line(meter, result))
+            await writer.add(result.lines)
         return results
 
     async def poll_meter(self, endpoint: Endpoint, meter: Meter) -> MeterResult:
-        result = MeterResult(meter)
+        result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
         started = time.monotonic()
         queue = list(self.plan_for(meter))
         kept: list[ReadBlock] = []
@@ -210,7 +249,7 @@ class Poller:
                     continue
                 if exc.code in SPLIT_CODES:
                     reg = block.registers[0]
-                    self.device_log.once(meter, f"register {reg.measurement} at {reg.address} "
+                    self.health.once(meter, f"register {reg.measurement} at {reg.address} "
                                                 f"(fc{int(reg.function_code)}) is refused: {exc}")
                     result.invalid.append(f"{reg.measurement}: refused by the device")
                     kept.append(block)
@@ -240,8 +279,9 @@ class Poller:
             result.requests += 1
             try:
                 return await endpoint.read(block, meter.slave_address, dtype.timeout_s, dtype.request_pause_s)
-            except ExceptionReply as exc:
-                if exc.code not in BUSY_CODES or backoff is None:
+            except ModbusError as exc:
+                result.errors += 1
+                if not isinstance(exc, ExceptionReply) or exc.code not in BUSY_CODES or backoff is None:
                     raise
                 log.debug("%s busy (attempt %d), retrying %s in %.2f s", meter, attempt + 1, block, backoff)
                 await asyncio.sleep(backoff)

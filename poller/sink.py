@@ -12,11 +12,22 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from .model import Meter, Reading, Register
 
 log = logging.getLogger(__name__)
+
+
+class MeterStatus(Protocol):
+    """What a status point reports of one meter's cycle (cycle.MeterResult)."""
+
+    ok: bool
+    duration_s: float
+    requests: int
+    errors: int
+    readings: int
+    time_ms: int
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": " ", "\r": " "})
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " "})
@@ -30,21 +41,31 @@ def escape_tag(text: str) -> str:
     return text.replace("\\", "\\\\").translate(_TAG_ESCAPES)
 
 
-def series_key(meter: Meter, register: Register) -> str:
-    """`measurement,tag=value,...` for one register of one meter (tags sorted, as InfluxDB likes)."""
-    tags = {
-        "host": meter.host,
-        "meter": str(meter.id),
-        "slave_address": str(meter.slave_address),
-        "type": meter.device_type.name,
-    }
-    if register.unit:
-        tags["unit"] = register.unit
+def meter_tags(meter: Meter) -> dict[str, str]:
+    """The tags every point of a meter carries."""
+    tags = {"host": meter.host, "meter": str(meter.id), "slave_address": str(meter.slave_address),
+            "type": meter.device_type.name}
     if meter.description and meter.description.strip():
         tags["description"] = meter.description.strip()
-    parts = [escape_measurement(register.measurement)]
-    parts += [f"{k}={escape_tag(v)}" for k, v in sorted(tags.items())]
-    return ",".join(parts)
+    return tags
+
+
+def _key(measurement: str, tags: dict[str, str]) -> str:
+    """`measurement,tag=value,...` with the tags sorted, as InfluxDB prefers."""
+    return ",".join([escape_measurement(measurement), *(f"{k}={escape_tag(v)}" for k, v in sorted(tags.items()))])
+
+
+def series_key(meter: Meter, register: Register) -> str:
+    """The series of one register of one meter: its measurement, the meter's tags and the unit."""
+    tags = meter_tags(meter)
+    if register.unit:
+        tags["unit"] = register.unit
+    return _key(register.measurement, tags)
+
+
+def status_key(meter: Meter) -> str:
+    """The meter's `poller_status` series."""
+    return _key("poller_status", meter_tags(meter))
 
 
 def line(key: str, value: float, time_ms: int) -> str:
@@ -75,13 +96,44 @@ class SeriesKeys:
         for mid in [m for m in self._cache if m not in meter_ids]:
             del self._cache[mid]
 
+    def status_line(self, meter: Meter, result: MeterStatus) -> str:
+        """The meter's `poller_status` point for one cycle (fields are floats, as `value` is)."""
+        key = status_key(meter)
+        return (f"{key} up={1.0 if result.ok else 0.0},duration_s={result.duration_s!r},"
+                f"requests={float(result.requests)!r},errors={float(result.errors)!r},"
+                f"readings={float(result.readings)!r} {result.time_ms}")
+
 
 class WriteError(Exception):
-    """A batch could not be written; the message says where and why."""
+    """A batch could not be written; the message says where and why.
 
-    def __init__(self, message: str, retryable: bool) -> None:
+    retry_after: seconds the server asked us to wait (Retry-After of a 429/503), if any.
+    """
+
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: object) -> float | None:
+    """Retry-After as seconds: `120` or an HTTP date (RFC 9110 10.2.3); None when absent or unreadable."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.isdigit():
+        return float(text)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    from datetime import UTC, datetime
+
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class InfluxSink:
@@ -111,8 +163,10 @@ class InfluxSink:
             if isinstance(body, bytes):
                 body = body.decode("utf-8", "replace")
             retryable = status >= 500 or status in (408, 429)
+            headers = getattr(exc, "headers", None)
+            retry_after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
             raise WriteError(f"InfluxDB at {self.url} refused {len(lines)} points: HTTP {status} "
-                             f"{exc.reason}: {str(body).strip()[:300]}", retryable) from None
+                             f"{exc.reason}: {str(body).strip()[:300]}", retryable, retry_after) from None
         except Exception as exc:  # urllib3 connection errors, timeouts, DNS
             reason = getattr(exc, "reason", None) or exc
             raise WriteError(f"InfluxDB at {self.url} is unreachable ({type(exc).__name__}: {reason}); "

@@ -57,10 +57,15 @@ def test_every_seed_register_arrives_once_with_the_served_value(postgres, databa
     done = run_poller(["--once"], {**postgres.env(database), **victoria.env()})
     after_ms = int(time.time() * 1000)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"cycle: meters ok=1 failed=0 readings=12 invalid=0 requests=2 ", done.stderr), done.stderr
+    summary = r"cycle: meters ok=1 failed=0 backed_off=0 readings=12 invalid=0 requests=2 "
+    assert re.search(summary, done.stderr), done.stderr
 
-    series = victoria.export(min_samples=12)
-    stored = {s["metric"]["__name__"]: s for s in series}
+    series = victoria.export(min_samples=12 + 5)
+    status = {s["metric"]["__name__"]: s["values"] for s in series if s["metric"]["__name__"].startswith("poller_")}
+    stored = {s["metric"]["__name__"]: s for s in series if not s["metric"]["__name__"].startswith("poller_")}
+    assert status["poller_status_up"] == [1.0]
+    assert status["poller_status_readings"] == [12.0] and status["poller_status_requests"] == [2.0]
+    assert status["poller_status_errors"] == [0.0]
     assert sorted(stored) == sorted(f"{r.measurement}_value" for r in registers)
     for reg in registers:
         s = stored[f"{reg.measurement}_value"]

@@ -61,17 +61,21 @@ def test_failing_devices_are_reported_and_the_rest_of_the_cycle_goes_on(postgres
         gateway.close()
     log = done.stderr
     assert done.returncode == 0, log
-    assert "cycle: meters ok=2 failed=4 readings=23 invalid=1 " in log
+    assert "cycle: meters ok=2 failed=4 backed_off=0 readings=23 invalid=1 " in log
     assert re.search(r"meter 2 .*unit 9.* failed: .*exception 11 \(gateway target device failed to respond\)", log)
     assert re.search(rf"meter 3 .* failed: cannot connect to 127.0.0.1:{refused}", log)
     assert re.search(r"meter 4 .* failed: cannot connect to no-such-host.invalid:502", log)
     assert re.search(rf"meter 5 .* failed: no reply from 127.0.0.1:{hung_device} unit 1 .* within 0.5 s", log)
     assert "Traceback" not in log
 
-    series = victoria.export(min_samples=23)
-    by_meter = {}
+    series = victoria.export(min_samples=23 + 6 * 5)
+    by_meter, up = {}, {}
     for s in series:
-        by_meter.setdefault(s["metric"]["meter"], set()).add(s["metric"]["__name__"])
+        if s["metric"]["__name__"] == "poller_status_up":
+            up[s["metric"]["meter"]] = s["values"]
+        elif not s["metric"]["__name__"].startswith("poller_status"):
+            by_meter.setdefault(s["metric"]["meter"], set()).add(s["metric"]["__name__"])
+    assert up == {"1": [1.0], "2": [0.0], "3": [0.0], "4": [0.0], "5": [0.0], "6": [1.0]}
     assert sorted(by_meter) == ["1", "6"]
     assert len(by_meter["1"]) == 12
     assert "voltage_l1_value" not in by_meter["6"] and len(by_meter["6"]) == 11  # NaN is not written
@@ -104,7 +108,7 @@ def test_a_block_with_a_refused_register_is_split_and_the_split_remembered(postg
     try:
         meter = replace(meter, host="127.0.0.1", port=thread.port)
         sink = ListSink()
-        poller = Poller(sink)
+        poller = Poller(sink, status_points=False)
 
         async def two_cycles():
             first = await poller.run_cycle([meter])
@@ -141,8 +145,8 @@ def test_influxdb_unreachable_is_named(postgres, database):
         thread.close()
     assert done.returncode == 1
     assert f"InfluxDB at http://127.0.0.1:{port} is unreachable" in done.stderr
-    assert "12 points not written" in done.stderr
-    assert "NOT WRITTEN=12" in done.stderr
+    assert "13 points not written" in done.stderr
+    assert "NOT WRITTEN=13" in done.stderr
 
 
 def test_postgres_unreachable_is_named():
