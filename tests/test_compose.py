@@ -1,0 +1,257 @@
+"""docker-compose.yml: valid against the compose specification, and wired as documented.
+
+No Docker engine runs here, so the wiring is checked from the files: every variable a
+service reads is in .dev.env, healthchecks and depends_on conditions are in place, no
+port is published beyond 127.0.0.1, and the containers run exactly the commands that
+scripts/run-native runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+PYTHON_SERVICES = ("poller", "virtual_server")
+
+
+def read_env_file(path: Path = ROOT / ".dev.env") -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
+        if m:
+            assert m.group(1) not in env, f".dev.env sets {m.group(1)} twice"
+            env[m.group(1)] = m.group(2)
+    return env
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def dev_env() -> dict[str, str]:
+    return read_env_file()
+
+
+def test_validates_against_compose_spec() -> None:
+    exe = Path(sys.executable).with_name("check-jsonschema")
+    assert exe.exists(), "check-jsonschema is not installed in this environment (pip install check-jsonschema)"
+    run = subprocess.run([str(exe), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_services_and_no_obsolete_version(compose: dict[str, Any]) -> None:
+    assert "version" not in compose
+    assert set(compose["services"]) == {"postgres", "influxdb", "grafana", "poller", "virtual_server"}
+    for name, svc in compose["services"].items():
+        assert svc.get("env_file") == ".dev.env", f"{name} does not read .dev.env"
+
+
+def test_dev_env_is_one_plain_file(dev_env: dict[str, str]) -> None:
+    """Plain KEY=VALUE lines, so compose's env_file, python-dotenv and run-native read the same."""
+    for line in (ROOT / ".dev.env").read_text().splitlines():
+        assert not line.strip() or line.lstrip().startswith("#") or re.match(r"^[A-Za-z_]\w*=", line), line
+    for key, value in dev_env.items():
+        assert not value.startswith(("'", '"')), f"{key}: no quotes (env_file and dotenv differ on them)"
+        assert " #" not in value and "$" not in value, f"{key}: no inline comments or interpolation"
+        if re.search(r"PASSWORD|TOKEN", key):
+            assert "dev-only" in value, f"{key} must be an obvious development value"
+    # what InfluxDB is set up with is what the poller and Grafana use
+    assert dev_env["DOCKER_INFLUXDB_INIT_ORG"] == dev_env["INFLUXDB_ORG"]
+    assert dev_env["DOCKER_INFLUXDB_INIT_BUCKET"] == dev_env["INFLUXDB_BUCKET"]
+    assert dev_env["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"] == dev_env["INFLUXDB_TOKEN"]
+    assert dev_env["POSTGRES_READER_USER"] != dev_env["POSTGRES_USER"]
+    assert dev_env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert dev_env["POSTGRES_HOST"] == "postgres"
+    assert dev_env["INFLUXDB_URL"] == "http://influxdb:8086"
+
+
+def env_names_in_python(paths: list[Path]) -> set[str]:
+    names: set[str] = set()
+    for path in paths:
+        text = path.read_text()
+        names |= set(re.findall(r'\b(?:get|get_int|getenv|environ\.get|env\.get)\(\s*"([A-Z][A-Z0-9_]+)"', text))
+        names |= set(re.findall(r'environ\[\s*"([A-Z][A-Z0-9_]+)"\s*\]', text))
+    return names
+
+
+def env_names_in_shell(path: Path) -> set[str]:
+    return set(re.findall(r"\$\{?([A-Z][A-Z0-9_]+)", path.read_text()))
+
+
+def test_every_variable_a_service_reads_is_set(compose: dict[str, Any], dev_env: dict[str, str]) -> None:
+    services = compose["services"]
+
+    def available(service: str) -> set[str]:
+        return set(dev_env) | set(services[service].get("environment") or {})
+
+    python_reads = env_names_in_python(sorted((ROOT / "poller").glob("*.py")) +
+                                       sorted((ROOT / "virtual_server").glob("*.py")))
+    assert {"POSTGRES_HOST", "INFLUXDB_URL", "POLL_CRON"} <= python_reads, "settings not found in the sources"
+    # INFLUXDB_TOKEN_FILE is optional: only the poller's container has a token file
+    wrapper_reads = env_names_in_shell(ROOT / "scripts" / "service-env") - {"INFLUXDB_TOKEN_FILE"}
+    assert "INFLUXDB_TOKEN_FILE" in services["poller"]["environment"]
+    for service in PYTHON_SERVICES:
+        missing = (python_reads | wrapper_reads) - available(service)
+        assert not missing, f"{service} reads {sorted(missing)}, which .dev.env does not set"
+
+    role_reads = env_names_in_shell(ROOT / "db" / "10-poller-role.sh")
+    assert not role_reads - available("postgres"), sorted(role_reads - available("postgres"))
+    # set by the influxdb image itself after setup
+    influx_reads = env_names_in_shell(ROOT / "influxdb" / "init" / "10-poller-token.sh") - {
+        "DOCKER_INFLUXDB_INIT_BUCKET_ID", "DOCKER_INFLUXDB_INIT_ORG_ID", "DOCKER_INFLUXDB_INIT_USER_ID"}
+    influx_reads |= {"DOCKER_INFLUXDB_INIT_MODE", "DOCKER_INFLUXDB_INIT_USERNAME", "DOCKER_INFLUXDB_INIT_PASSWORD",
+                     "DOCKER_INFLUXDB_INIT_ORG", "DOCKER_INFLUXDB_INIT_BUCKET", "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"}
+    assert not influx_reads - available("influxdb"), sorted(influx_reads - available("influxdb"))
+
+    grafana_reads = {"GF_SECURITY_ADMIN_USER", "GF_SECURITY_ADMIN_PASSWORD", "GF_AUTH_ANONYMOUS_ENABLED"}
+    for path in sorted((ROOT / "grafana" / "provisioning").rglob("*.y*ml")):
+        text = "\n".join(ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#"))
+        grafana_reads |= set(re.findall(r"\$\{?([A-Z][A-Z0-9_]+)", text))
+    assert not grafana_reads - available("grafana"), sorted(grafana_reads - available("grafana"))
+
+
+def test_images_pinned_and_official(compose: dict[str, Any]) -> None:
+    images = {name: svc.get("image", "") for name, svc in compose["services"].items()}
+    assert re.fullmatch(r"postgres:\d+\.\d+[-\w.]*", images["postgres"]), images["postgres"]
+    assert re.fullmatch(r"influxdb:2\.\d+\.\d+[-\w.]*", images["influxdb"]), images["influxdb"]
+    assert re.fullmatch(r"grafana/grafana(-oss)?:\d+\.\d+\.\d+[-\w.]*", images["grafana"]), images["grafana"]
+
+
+def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert "-h 127.0.0.1" in " ".join(services["postgres"]["healthcheck"]["test"]), \
+        "over TCP, so the service is not healthy while the init scripts run"
+    assert services["influxdb"]["healthcheck"]["test"][1:3] == ["influx", "ping"]
+    assert services["grafana"]["healthcheck"]["test"]
+    poller_deps = services["poller"]["depends_on"]
+    assert poller_deps["postgres"]["condition"] == "service_healthy"
+    assert poller_deps["influxdb"]["condition"] == "service_healthy"
+    assert services["virtual_server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in PYTHON_SERVICES:
+        assert services[name]["restart"] == "unless-stopped"
+
+
+def published(svc: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for port in svc.get("ports", []):
+        if isinstance(port, dict):
+            out.append((port.get("host_ip", ""), str(port.get("published", ""))))
+        else:
+            parts = str(port).split(":")
+            out.append((parts[0] if len(parts) == 3 else "", parts[-2] if len(parts) > 1 else ""))
+    return out
+
+
+def test_nothing_published_beyond_loopback(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        for host_ip, _ in published(svc):
+            assert host_ip == "127.0.0.1", f"{name} publishes a port on {host_ip or 'every address'}"
+        assert svc.get("network_mode") != "host", name
+    assert published(compose["services"]["postgres"]) and published(compose["services"]["influxdb"])
+    for name in PYTHON_SERVICES:
+        assert not compose["services"][name].get("ports"), f"{name} needs no published port"
+
+
+def mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """target -> 'source[:ro]' of the short volume syntax."""
+    out = {}
+    for volume in svc.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        out[target] = source + (":" + mode[0] if mode else "")
+    return out
+
+
+def test_postgres_init_scripts_run_in_order(compose: dict[str, Any]) -> None:
+    initdb = {t: s for t, s in mounts(compose["services"]["postgres"]).items()
+              if t.startswith("/docker-entrypoint-initdb.d/")}
+    order = [initdb[t].removesuffix(":ro") for t in sorted(initdb)]  # the image runs them sorted by name
+    assert order == ["./db/init.sql", "./db/10-poller-role.sh"]
+    for source in order:
+        assert (ROOT / source).is_file()
+    assert (ROOT / "db" / "10-poller-role.sh").stat().st_mode & stat.S_IXUSR
+
+
+def test_grafana_provisioning(compose: dict[str, Any]) -> None:
+    grafana = mounts(compose["services"]["grafana"])
+    assert grafana["/etc/grafana/provisioning"] == "./grafana/provisioning:ro"
+    providers = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/emm.yaml").read_text())["providers"]
+    for provider in providers:
+        assert grafana[provider["options"]["path"]] == "./grafana/dashboards:ro"
+
+
+def test_influxdb_token_for_the_poller(compose: dict[str, Any]) -> None:
+    """The poller writes with the write-only token that the influxdb init script leaves in a shared volume."""
+    influx, poller = compose["services"]["influxdb"], compose["services"]["poller"]
+    assert mounts(influx)["/docker-entrypoint-initdb.d"] == "./influxdb/init:ro"
+    script = ROOT / "influxdb" / "init" / "10-poller-token.sh"
+    assert script.stat().st_mode & stat.S_IXUSR, "the image runs only executable *.sh scripts"
+    assert "--write-bucket" in script.read_text() and "--read-bucket" not in script.read_text()
+    token_file = poller["environment"]["INFLUXDB_TOKEN_FILE"]
+    assert token_file in script.read_text().replace("$out_dir/", "/var/lib/emm-poller-token/")
+    token_dir = str(Path(token_file).parent)
+    assert mounts(poller)[token_dir].endswith(":ro")
+    assert mounts(poller)[token_dir].split(":")[0] == mounts(influx)[token_dir]
+    for name in ("bash", "sh"):
+        subprocess.run([name, "-n", str(script)], check=True)
+
+
+def test_simulator_answers_at_the_seed_meters_address(compose: dict[str, Any]) -> None:
+    seed = re.search(r"INSERT INTO energy_meters .*?VALUES\s*\(\s*'([^']+)',\s*(\d+)",
+                     (ROOT / "db" / "init.sql").read_text(), re.S)
+    assert seed, "seed meter not found in db/init.sql"
+    host, port = seed.group(1), int(seed.group(2))
+    sim = compose["services"]["virtual_server"]
+    assert host in sim["networks"]["default"]["aliases"]
+    from virtual_server.__main__ import parse_args  # the port the simulator listens on by default
+    command = sim["command"]
+    assert parse_args(command[command.index("virtual_server") + 1:]).port == port
+    assert sim["sysctls"]["net.ipv4.ip_unprivileged_port_start"] == "0" or port >= 1024
+
+
+def dockerfile_cmd(path: Path) -> list[str]:
+    cmds = [line for line in path.read_text().splitlines() if line.startswith("CMD ")]
+    assert len(cmds) == 1
+    return json.loads(cmds[0][4:])
+
+
+def test_commands_match_the_native_run_and_dockerfiles(compose: dict[str, Any]) -> None:
+    run = subprocess.run([str(ROOT / "scripts" / "run-native"), "--print-commands"],
+                         capture_output=True, text=True, check=True)
+    native = json.loads(run.stdout)
+    for name in PYTHON_SERVICES:
+        svc = compose["services"][name]
+        assert svc["command"] == native[name], f"{name}: compose and scripts/run-native differ"
+        dockerfile = ROOT / svc["build"]["dockerfile"]
+        assert svc["build"]["context"] == "."
+        assert dockerfile_cmd(dockerfile) == svc["command"]
+    # run-native adds only the simulator's local address to the compose command
+    text = (ROOT / "scripts" / "run-native").read_text()
+    assert '"${SIMULATOR_CMD[@]}" --host 127.0.0.1 --port "$sim_port"' in text
+    assert re.search(r'^"\$\{POLLER_CMD\[@\]\}" >', text, re.M)
+
+
+@pytest.mark.parametrize("service", PYTHON_SERVICES)
+def test_dockerfile(service: str) -> None:
+    text = (ROOT / service / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim(-\w+)?", base), f"pinned slim Python, not {base}"
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1].split(":")[0] not in ("root", "0")
+    assert re.search(r"^RUN pip install \.", text, re.M), "dependencies from the project's pyproject.toml"
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    for secret in (".dev.env", ".venv/", ".git/", ".native/"):
+        assert secret in ignored, f".dockerignore must exclude {secret}"
