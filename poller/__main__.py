@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 
 from .config import ConfigError, ConfigSource
 from .cycle import Poller
+from .monitor import Monitor, cron_interval_s
 from .schedule import Schedule
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
+from .spool import MIB, Spool, SpoolError, SpoolingSink
 
 log = logging.getLogger("poller")
 
@@ -38,11 +40,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_sink(settings: Settings, dry_run: bool) -> InfluxSink | StdoutSink:
+def make_sink(settings: Settings, dry_run: bool, spool: bool = False) -> InfluxSink | StdoutSink | SpoolingSink:
     if dry_run:
         return StdoutSink()
-    return InfluxSink(settings.influxdb_url, settings.influxdb_token,
+    sink = InfluxSink(settings.influxdb_url, settings.influxdb_token,
                       settings.influxdb_org, settings.influxdb_bucket)
+    # --- durable spool: the service spools what InfluxDB cannot take; --once does not
+    # (its exit code tells the caller). See README, "When InfluxDB is away".
+    if not spool:
+        return sink
+    try:
+        disk = Spool(settings.spool_dir, settings.spool_max_mb * MIB)
+    except SpoolError as exc:
+        sink.close()
+        log.error("setting: %s", exc)
+        raise SystemExit(2) from None
+    return SpoolingSink(sink, disk, retry_max_s=settings.spool_retry_max_s)
+    # --- end durable spool
 
 
 async def run_once(settings: Settings, dry_run: bool) -> int:
@@ -67,7 +81,7 @@ async def run_once(settings: Settings, dry_run: bool) -> int:
 
 async def run_forever(settings: Settings, dry_run: bool) -> int:
     source = ConfigSource(settings)
-    sink = make_sink(settings, dry_run)
+    sink = make_sink(settings, dry_run, spool=True)  # durable spool
     poller = Poller(sink, settings.max_parallel_endpoints, status_points=not dry_run)
     schedule = Schedule(settings.poll_cron)
     stop = asyncio.Event()
@@ -85,16 +99,36 @@ async def run_forever(settings: Settings, dry_run: bool) -> int:
     log.info("polling %d meters, schedule %r (POLL_CRON), writing to %s",
              len(config.meters) if config else 0, settings.poll_cron, sink.url)
 
-    running: asyncio.Task[None] | None = None
-    running_since = ""
+    running: set[asyncio.Task[None]] = set()
+
+    stale_after = settings.health_stale_s or max(60.0, 3 * cron_interval_s(settings.poll_cron))
+    monitor = Monitor(stale_after)
+    if isinstance(sink, SpoolingSink):
+        monitor.watch_spool(sink.stats)
+    if settings.http_port:
+        try:
+            await monitor.start(settings.http_host, settings.http_port)
+        except OSError as exc:
+            log.error("cannot serve /healthz and /metrics on %s:%d: %s (POLL_HTTP_PORT=0 turns them off)",
+                      settings.http_host, settings.http_port, exc)
+            return 2
 
     async def cycle(tick: datetime, fired: frozenset[str]) -> None:
         nonlocal config
-        config = await asyncio.to_thread(source.load)
-        poller.forget_except(config.meters)
-        due = schedule.due(config.meters, fired)
-        if due:
-            report = await poller.run_cycle(due)
+        try:
+            config = await asyncio.to_thread(source.load)
+            poller.forget_except(config.meters)
+            monitor.forget_meters_except({m.id for m in config.meters})
+            monitor.config_problems.set(len(config.problems))
+            due = schedule.due(config.meters, fired)
+            report = await poller.run_cycle(due) if due else None
+        except Exception:  # a bug must not stop the service: say so loudly, go on next tick
+            log.exception("cycle at %s failed", tick.strftime("%H:%M:%S"))
+            return
+        monitor.cycle_done(report)
+        if report is not None and report.endpoints_busy:
+            monitor.ticks_skipped.inc(report.endpoints_busy)
+        if report is not None:
             # since_tick: from the scheduled instant to the last reading written
             since_tick = (datetime.now(UTC) - tick).total_seconds()
             log.info("%s since_tick=%.3fs", report.summary(), since_tick)
@@ -105,21 +139,21 @@ async def run_forever(settings: Settings, dry_run: bool) -> int:
         if await _sleep_or_stop(stop, (tick - now).total_seconds()):
             break
         fired = schedule.fire(tick, datetime.now(UTC))
-        if running is not None and not running.done():
-            log.warning("tick %s skipped: the cycle started at %s is still running",
-                        tick.strftime("%H:%M:%S"), running_since)
-            continue
-        if running is not None and running.exception() is not None:
-            log.error("cycle crashed: %r", running.exception())
-        running_since = tick.strftime("%H:%M:%S")
-        running = asyncio.create_task(cycle(tick, fired))
+        # Each tick starts a cycle. A host:port still busy with an earlier
+        # cycle sits this one out (Poller.run_cycle), so cycles never poll one
+        # device twice at once and never pile up behind a slow device.
+        task = asyncio.create_task(cycle(tick, fired))
+        running.add(task)
+        task.add_done_callback(running.discard)
 
-    log.info("stopping: waiting for the running cycle to finish")
-    if running is not None:
-        try:
-            await asyncio.wait_for(running, timeout=30)
-        except Exception as exc:  # noqa: BLE001 - we are exiting; say what happened
-            log.error("last cycle did not finish cleanly: %r", exc)
+    if running:
+        log.info("stopping: waiting for %d running cycle(s) to finish", len(running))
+        _, pending = await asyncio.wait(running, timeout=30)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.error("%d cycle(s) did not finish within 30 s and were cancelled", len(pending))
+    await monitor.stop()
     poller.close()
     sink.close()
     source.close()

@@ -44,6 +44,7 @@ class CycleReport:
     meters_ok: int = 0
     meters_failed: int = 0
     meters_backed_off: int = 0
+    endpoints_busy: int = 0  # host:ports left out: still busy with an earlier cycle
     readings: int = 0
     invalid: int = 0
     requests: int = 0
@@ -56,6 +57,8 @@ class CycleReport:
         text = (f"cycle: meters ok={self.meters_ok} failed={self.meters_failed} "
                 f"backed_off={self.meters_backed_off} readings={self.readings} invalid={self.invalid} "
                 f"requests={self.requests} duration={self.duration_s:.3f}s")
+        if self.endpoints_busy:
+            text += f" busy_endpoints_skipped={self.endpoints_busy}"
         if self.not_written:
             text += f" NOT WRITTEN={self.not_written}"
         return text
@@ -113,22 +116,40 @@ class DeviceHealth:
 
 
 class Writer:
-    """Collects lines from every endpoint and writes them in batches, in order."""
+    """Takes lines from every endpoint and writes them in batches, in order.
 
-    def __init__(self, sink: object) -> None:
+    A batch goes out when it is full, when a cycle ends, or at the latest
+    `linger_s` after its first line: a slow device holding up the end of its
+    cycle never holds up the readings of the others.
+    """
+
+    def __init__(self, sink: object, linger_s: float = 0.25) -> None:
         self.sink = sink
+        self.linger_s = linger_s
         self.pending: list[str] = []
-        self.written = 0
+        self.written = 0  # points, since start
         self.failed = 0
-        self.errors: list[str] = []
         self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def add(self, lines: Sequence[str]) -> None:
         self.pending.extend(lines)
         if len(self.pending) >= WRITE_BATCH:
             await self.flush()
+        elif self.pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         async with self._lock:
             while self.pending:
                 batch, self.pending = self.pending[:WRITE_BATCH], self.pending[WRITE_BATCH:]
@@ -137,7 +158,6 @@ class Writer:
                     self.written += len(batch)
                 except WriteError as exc:
                     self.failed += len(batch)
-                    self.errors.append(str(exc))
                     log.error("%s", exc)
 
 
@@ -152,6 +172,10 @@ class Poller:
         self.keys = SeriesKeys()
         self.health = DeviceHealth()
         self.max_parallel_endpoints = max_parallel_endpoints
+        self.writer = Writer(sink)
+        self._gate: asyncio.Semaphore | None = None
+        self._busy: set[tuple[str, int]] = set()  # host:ports with a poll under way
+        self._busy_reported: set[tuple[str, int]] = set()
 
     def plan_for(self, meter: Meter) -> tuple[ReadBlock, ...]:
         cached = self._plans.get(meter.id)
@@ -179,23 +203,47 @@ class Poller:
         self.endpoints.clear()
 
     async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
+        """Poll the meters, every host:port in parallel; returns when all are done and written.
+
+        A host:port still busy with an earlier cycle (a slow or hung device)
+        is left out of this one and counted, so no device is ever polled by
+        two cycles at once and no device delays another.
+        """
         started = time.monotonic()
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.max_parallel_endpoints)
+        gate = self._gate
         by_endpoint: dict[tuple[str, int], list[Meter]] = {}
         for meter in meters:
             by_endpoint.setdefault(meter.endpoint, []).append(meter)
-        writer = Writer(self.sink)
-        gate = asyncio.Semaphore(self.max_parallel_endpoints)
+        report = CycleReport()
+        for key in [k for k in by_endpoint if k in self._busy]:
+            group = by_endpoint.pop(key)
+            report.endpoints_busy += 1
+            if key not in self._busy_reported:
+                self._busy_reported.add(key)
+                log.warning("%s:%d still busy with an earlier cycle; its %d meter(s) skip this tick",
+                            key[0], key[1], len(group))
+        written, failed = self.writer.written, self.writer.failed
 
         async def poll(key: tuple[str, int], group: list[Meter]) -> list[MeterResult]:
             endpoint = self.endpoints.get(key)
             if endpoint is None:
                 endpoint = self.endpoints[key] = Endpoint(*key)
-            async with gate:
-                return await self.poll_endpoint(endpoint, group, writer)
+            self._busy.add(key)
+            try:
+                async with gate:
+                    results = await self.poll_endpoint(endpoint, group)
+            finally:
+                self._busy.discard(key)
+            self._busy_reported.discard(key)
+            return results
 
         groups = await asyncio.gather(*(poll(k, g) for k, g in by_endpoint.items()))
-        await writer.flush()
-        report = CycleReport(written=writer.written, not_written=writer.failed)
+        await self.writer.flush()
+        # Counted over the cycle; overlapping cycles may share a batch.
+        report.written = self.writer.written - written
+        report.not_written = self.writer.failed - failed
         for results in groups:
             for res in results:
                 report.results.append(res)
@@ -211,7 +259,7 @@ class Poller:
         report.duration_s = time.monotonic() - started
         return report
 
-    async def poll_endpoint(self, endpoint: Endpoint, meters: list[Meter], writer: Writer) -> list[MeterResult]:
+    async def poll_endpoint(self, endpoint: Endpoint, meters: list[Meter]) -> list[MeterResult]:
         """Every meter behind one host:port, one request at a time."""
         results = []
         for meter in meters:
@@ -226,7 +274,7 @@ class Poller:
             results.append(result)
             if self.status_points:
                 result.lines.append(self.keys.status_line(meter, result))
-            await writer.add(result.lines)
+            await self.writer.add(result.lines)
         return results
 
     async def poll_meter(self, endpoint: Endpoint, meter: Meter) -> MeterResult:

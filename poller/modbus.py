@@ -149,11 +149,11 @@ class Endpoint:
                 raise BadReply(f"{self} unit {unit}, {block}: unusable reply {reply}")
             raise ExceptionReply(int(code), block, unit)
         words = list(getattr(reply, "registers", []) or [])
-        if len(words) < block.count:
+        if len(words) != block.count:
             self.close()
             raise BadReply(f"{self} unit {unit}, {block}: {len(words)} registers in the reply, "
                            f"{block.count} asked for")
-        return words[:block.count]
+        return words
 
     def close(self) -> None:
         if self._client is not None:

@@ -29,6 +29,14 @@ class Settings:
     influxdb_bucket: str = "energy"
     poll_cron: str = DEFAULT_POLL_CRON
     max_parallel_endpoints: int = 256
+    # --- health and metrics (poller/monitor.py) ---
+    http_host: str = "127.0.0.1"
+    http_port: int = 9108  # 0: no HTTP endpoint
+    health_stale_s: float = 0.0  # 0: three schedule intervals, at least 60 s
+    # --- durable spool (poller/spool.py, README: When InfluxDB is away) ---
+    spool_dir: str = "spool"  # relative to the working directory; compose: /var/lib/emm/spool
+    spool_max_mb: int = 512
+    spool_retry_max_s: int = 60
 
     def postgres_dsn(self) -> dict[str, object]:
         return {
@@ -97,4 +105,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         influxdb_bucket=get("INFLUXDB_BUCKET", Settings.influxdb_bucket),
         poll_cron=validate_cron(get("POLL_CRON", DEFAULT_POLL_CRON), "POLL_CRON"),
         max_parallel_endpoints=get_int("POLL_MAX_PARALLEL", Settings.max_parallel_endpoints, 1, 10000),
+        http_host=get("POLL_HTTP_HOST", Settings.http_host),
+        http_port=get_int("POLL_HTTP_PORT", Settings.http_port, 0, 65535),
+        health_stale_s=float(get_int("POLL_HEALTH_STALE_S", 0, 0, 7 * 86400)),
+        # --- durable spool ---
+        spool_dir=get("POLL_SPOOL_DIR", Settings.spool_dir),
+        spool_max_mb=get_int("POLL_SPOOL_MAX_MB", Settings.spool_max_mb, 1, 1_000_000),
+        spool_retry_max_s=get_int("POLL_SPOOL_RETRY_MAX_S", Settings.spool_retry_max_s, 1, 3600),
     )

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 class MeterStatus(Protocol):
     """What a status point reports of one meter's cycle (cycle.MeterResult)."""
 
-    ok: bool
+    @property
+    def ok(self) -> bool: ...
+
     duration_s: float
     requests: int
     errors: int
@@ -156,7 +158,7 @@ class InfluxSink:
             return
         try:
             self._write_api.write(bucket=self.bucket, org=self.org, record="\n".join(lines),
-                                  write_precision=WritePrecision.MS)
+                                  write_precision=WritePrecision.MS)  # type: ignore[arg-type]
         except ApiException as exc:
             status = exc.status or 0
             body = (exc.body or b"")

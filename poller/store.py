@@ -134,7 +134,7 @@ def build_configuration(
             name=name,
             registers=tuple(regs),
             max_block=max_block,
-            max_gap=max(0, int(row.get("max_gap") if row.get("max_gap") is not None else 16)),
+            max_gap=max(0, int(row["max_gap"] if row.get("max_gap") is not None else 16)),
             timeout_s=float(row.get("timeout_s") or 3.0),
             request_pause_s=float(row.get("request_pause_ms") or 0) / 1000.0,
         )

@@ -201,10 +201,15 @@ class VictoriaMetrics:
         while time.monotonic() < deadline:
             time.sleep(1.0)
             again = self._export_now(match)
-            if again == series:
+            if _canonical(again) == _canonical(series):
                 break
             series = again
         return series
+
+
+def _canonical(series: list[dict[str, Any]]) -> list[str]:
+    """Series in a fixed order (VictoriaMetrics returns them in any order)."""
+    return sorted(json.dumps(s, sort_keys=True) for s in series)
 
 
 def project_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -213,7 +218,23 @@ def project_env(extra: Mapping[str, str]) -> dict[str, str]:
            if not k.startswith(("POSTGRES_", "INFLUXDB_", "POLL_"))}
     env.update(extra)
     env["PYTHONUNBUFFERED"] = "1"
+    # a spool of its own, so no reading of another test or run is ever replayed here
+    env.setdefault("POLL_SPOOL_DIR", tempfile.mkdtemp(prefix="spool-", dir=_scratch()))
+    env.setdefault("POLL_HTTP_PORT", "0")  # tests that want /healthz give a port
     return env
+
+
+_SCRATCH: list[str] = []
+
+
+def _scratch() -> str:
+    """One temporary directory for this test session, removed when it ends."""
+    if not _SCRATCH:
+        import atexit
+
+        _SCRATCH.append(tempfile.mkdtemp(prefix="emm-tests-"))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
 
 
 def start_module(module: str, args: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -256,3 +277,32 @@ class ModbusServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+class GarbageServer:
+    """Answers every request with random bytes: a broken gateway or the wrong service on the port."""
+
+    def __init__(self, seed: int = 0) -> None:
+        import random
+
+        self.rng = random.Random(seed)
+        self._server: Any = None
+
+    async def _serve(self, reader: Any, writer: Any) -> None:
+        try:
+            while await reader.read(260):
+                writer.write(bytes(self.rng.getrandbits(8) for _ in range(self.rng.randint(1, 40))))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        import asyncio
+
+        self._server = await asyncio.start_server(self._serve, host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self._server.close()

@@ -1,6 +1,6 @@
 """scripts/run-native: the stack without Docker shows the simulator's readings within one cycle.
 
-Started as docs/stack.md says (scripts/run-native), with a fresh state directory:
+Started as README.md says (scripts/run-native), with a fresh state directory:
 a private PostgreSQL cluster, VictoriaMetrics (InfluxDB v2 write API), the simulator
 and the poller; it prints every reading that arrives in the readings store.
 """

@@ -59,6 +59,7 @@ class ModbusTcpServer:
         self.stats = Stats()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self._server = await asyncio.start_server(self._serve, host, port)
@@ -67,9 +68,12 @@ class ModbusTcpServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            # Close the connections rather than cancel their handlers: each
+            # handler then sees the end of its stream and returns normally.
+            for writer in list(self._writers):
+                writer.close()
+            if self._connections:
+                await asyncio.wait(self._connections, timeout=5)
             await self._server.wait_closed()
 
     async def serve_forever(self) -> None:
@@ -81,6 +85,7 @@ class ModbusTcpServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._writers.add(writer)
         try:
             while True:
                 header = await reader.readexactly(7)
@@ -95,6 +100,7 @@ class ModbusTcpServer:
             pass
         finally:
             self._connections.discard(task)
+            self._writers.discard(writer)
             writer.close()
 
     async def _answer(self, unit: int, pdu: bytes) -> bytes:
