@@ -1,0 +1,58 @@
+"""python -m bench: the poller, run as in production, against a simulated fleet.
+
+Builds the fleet on this machine (bench.fleet: gateways on loopback, one
+process), puts its configuration in a throwaway PostgreSQL cluster, starts
+VictoriaMetrics as the InfluxDB write API, measures the bare-pymodbus floor
+(bench.floor), runs `python -m poller` on a seconds schedule for --cycles
+cycles, checks every reading arrived, runs the original sequential design over
+a subset (bench.naive) and prints a table, then one line of JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .fleet import FleetSpec
+from .run import Options, run
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fleet = p.add_argument_group("fleet")
+    fleet.add_argument("--gateways", type=int, default=FleetSpec.gateways, help="simulated gateways (host:ports)")
+    fleet.add_argument("--units", type=int, default=FleetSpec.units, help="unit ids behind each gateway")
+    fleet.add_argument("--values", type=int, default=FleetSpec.values,
+                       help="float32 values per unit (2 registers each)")
+    fleet.add_argument("--latency-ms", type=float, default=FleetSpec.latency_ms,
+                       help="injected device latency before every reply")
+    run_ = p.add_argument_group("run")
+    run_.add_argument("--cycles", type=int, default=100, help="poller cycles to run (warm-up included)")
+    run_.add_argument("--warmup", type=int, default=3, help="first cycles left out of the timings")
+    run_.add_argument("--every-s", type=int, default=1, help="POLL_CRON interval in seconds")
+    run_.add_argument("--floor-rounds", type=int, default=5, help="rounds of the bare-pymodbus floor")
+    run_.add_argument("--naive-gateways", type=int, default=2,
+                      help="gateways whose meters the original sequential design polls (0 = skip)")
+    run_.add_argument("--profile-s", type=float, default=0.0,
+                      help="after the measured cycles, profile the poller with py-spy for this long")
+    run_.add_argument("--poller-patch", default=None,
+                      help="run the poller from a copy of poller/ with this patch applied (instead of poller/)")
+    run_.add_argument("--compare-patch", default=None,
+                      help="run poller/ and then a copy with this patch applied, side by side")
+    run_.add_argument("--out", default=None, help="directory for logs and profiles (default: a temp dir)")
+    run_.add_argument("--json-out", default=None, help="also write the final JSON to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    spec = FleetSpec(a.gateways, a.units, a.values, a.latency_ms)
+    opts = Options(cycles=a.cycles, warmup=a.warmup, every_s=a.every_s, floor_rounds=a.floor_rounds,
+                   naive_gateways=a.naive_gateways, profile_s=a.profile_s, poller_patch=a.poller_patch,
+                   compare_patch=a.compare_patch, out=a.out, json_out=a.json_out)
+    return run(spec, opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The bare-pymodbus floor: the poller's planned requests and nothing else.
+
+    python -m bench.floor --rounds 5      (POSTGRES_* in the environment)
+
+One AsyncModbusTcpClient per gateway, all gateways in parallel, each sending
+the requests `poller.plan.plan_reads` gives for its meters, one at a time: no
+decoding, no line protocol, no writing. Connections are opened before the
+clock starts. Prints one JSON line: the wall time of each round and the CPU
+time (user + system) of this process per round and per reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+
+from pymodbus.client import AsyncModbusTcpClient
+
+from poller.model import FunctionCode, ReadBlock
+from poller.plan import plan_reads
+from poller.settings import from_env
+from poller.store import load_configuration
+
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def planned_requests() -> tuple[dict[tuple[str, int], list[tuple[int, ReadBlock]]], int]:
+    """{(host, port): [(unit, block), ...]} in the poller's order, and readings per round."""
+    import psycopg2
+
+    settings = from_env()
+    conn = psycopg2.connect(**settings.postgres_dsn())
+    try:
+        config = load_configuration(conn)
+    finally:
+        conn.close()
+    by_endpoint: dict[tuple[str, int], list[tuple[int, ReadBlock]]] = {}
+    readings = 0
+    for meter in config.meters:
+        if not meter.enabled:
+            continue
+        dtype = meter.device_type
+        for block in plan_reads(dtype.registers, dtype.max_block, dtype.max_gap):
+            by_endpoint.setdefault(meter.endpoint, []).append((meter.slave_address, block))
+            readings += len(block.registers)
+    return by_endpoint, readings
+
+
+async def run(rounds: int) -> dict[str, object]:
+    by_endpoint, readings = planned_requests()
+    clients = {ep: AsyncModbusTcpClient(ep[0], port=ep[1], timeout=3, retries=0) for ep in by_endpoint}
+    await asyncio.gather(*(c.connect() for c in clients.values()))
+
+    async def gateway(ep: tuple[str, int]) -> None:
+        client = clients[ep]
+        for unit, block in by_endpoint[ep]:
+            if block.function_code is FunctionCode.READ_INPUT_REGISTERS:
+                reply = await client.read_input_registers(block.address, count=block.count, device_id=unit)
+            else:
+                reply = await client.read_holding_registers(block.address, count=block.count, device_id=unit)
+            if reply.isError():
+                raise RuntimeError(f"{ep} unit {unit} {block}: {reply}")
+
+    async def one_round() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(gateway(ep) for ep in by_endpoint))
+        return time.perf_counter() - started
+
+    await one_round()  # warm-up: first requests, lazy imports
+    walls = []
+    cpu0 = cpu_s()
+    for _ in range(rounds):
+        walls.append(await one_round())
+    cpu = (cpu_s() - cpu0) / rounds
+    for c in clients.values():
+        c.close()
+    return {
+        "rounds": rounds,
+        "requests_per_round": sum(len(v) for v in by_endpoint.values()),
+        "readings_per_round": readings,
+        "wall_s": statistics.median(walls),
+        "wall_min_s": min(walls),
+        "cpu_s_per_round": cpu,
+        "cpu_us_per_reading": cpu / readings * 1e6 if readings else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args(argv)
+    print(json.dumps(asyncio.run(run(a.rounds))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""The benchmark run: servers up, floor, poller as in production, check, naive, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.servers import ROOT, VictoriaMetrics, free_port, postgres_cluster, project_env, stop_process
+
+from . import profile
+from .fleet import FleetSpec, seed_sql
+from .naive import run_naive
+
+# The poller's per-cycle line, read as key=value pairs so that fields added
+# later (backed_off=, busy_endpoints_skipped=) do not break the parse:
+#   cycle: meters ok=N failed=N readings=N ... duration=X.XXXs [NOT WRITTEN=N] since_tick=X.XXXs
+_PAIR = re.compile(r"(\w+)=([\d.]+)s?\b")
+
+
+def parse_cycle(line: str) -> dict[str, float] | None:
+    if "cycle: meters " not in line or "since_tick=" not in line:
+        return None
+    fields = {k: float(v) for k, v in _PAIR.findall(line.split("cycle: meters ", 1)[1])}
+    fields["not_written"] = fields.pop("WRITTEN", 0.0)
+    fields.setdefault("busy_endpoints_skipped", 0.0)
+    return fields
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DB = "emm_bench"
+
+
+@dataclass
+class Options:
+    cycles: int = 100
+    warmup: int = 3
+    every_s: int = 1
+    floor_rounds: int = 5
+    naive_gateways: int = 2
+    profile_s: float = 0.0
+    poller_patch: str | None = None
+    compare_patch: str | None = None
+    out: str | None = None
+    json_out: str | None = None
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class BenchVictoriaMetrics(VictoriaMetrics):
+    """The tests' VictoriaMetrics, with queries that see points the moment they are flushed."""
+
+    def start(self) -> None:
+        binary = shutil.which("victoria-metrics")
+        if binary is None:
+            raise RuntimeError("victoria-metrics is not installed (apt-get install victoria-metrics)")
+        self.proc = subprocess.Popen(
+            [binary, f"-storageDataPath={self.dir}", f"-httpListenAddr=127.0.0.1:{self.port}",
+             "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.disableCache", "-search.latencyOffset=0s"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("victoria-metrics did not become healthy")
+
+    def samples(self) -> int:
+        """Stored readings: samples of `<measurement>_value` series (not the poller's own status points)."""
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=30).read()
+        q = urllib.parse.urlencode({"query": 'sum(count_over_time({__name__=~".+_value"}[3650d]))',
+                                    "time": f"{time.time() + 60:.3f}", "nocache": "1"})
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{q}", timeout=120) as r:
+            result = json.loads(r.read())["data"]["result"]
+        return int(float(result[0]["value"][1])) if result else 0
+
+    def settled_samples(self, expected: int, timeout: float = 90.0) -> int:
+        """The stored sample count once it reaches `expected` or stops changing."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while True:
+            now = self.samples()
+            if now == expected or (now == last and now > 0) or time.monotonic() > deadline:
+                return now
+            last = now
+            time.sleep(1.0)
+
+
+# ---------------------------------------------------------------------------
+# /proc readings of the poller process
+
+
+def proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def proc_mem_kb(pid: int) -> tuple[int, int]:
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
+
+
+# ---------------------------------------------------------------------------
+# the poller, as in production
+
+
+def poller_tree(patch: str | None, work: Path) -> Path:
+    """The directory to run `python -m poller` from: the project, or a patched copy of poller/."""
+    if patch is None:
+        return ROOT
+    tree = work / "patched"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    shutil.copytree(ROOT / "poller", tree / "poller", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(["patch", "-p1", "-d", str(tree), "-i", str(Path(patch).resolve())],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"patch {patch} does not apply to poller/: {done.stdout}{done.stderr}")
+    return tree
+
+
+def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opts: Options,
+               work: Path, vm: BenchVictoriaMetrics, stored_before: int) -> dict[str, Any]:
+    log_path = work / f"poller-{label}.log"
+    cron = "* * * * * *" if opts.every_s == 1 else f"* * * * * */{opts.every_s}"
+    # spool and /metrics as the service has them, in the bench's own places
+    penv = project_env({**env, "POLL_CRON": cron, "POLL_SPOOL_DIR": str(work / f"spool-{label}"),
+                        "POLL_HTTP_PORT": str(free_port())})
+    if tree != ROOT:
+        penv["PYTHONPATH"] = f"{tree}{os.pathsep}{ROOT}"
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "poller", "--env-file", "/nonexistent"],
+                                cwd=tree, env=penv, stdout=logf, stderr=subprocess.STDOUT)
+    say(f"[{label}] poller pid {proc.pid} from {tree}, POLL_CRON {cron!r}, {opts.cycles} cycles")
+    samples: list[dict[str, Any]] = []  # one per cycle line: parsed fields + /proc readings
+    deadline = time.monotonic() + opts.cycles * opts.every_s * 4 + 60
+    pos = 0
+    profile_file = None
+    try:
+        while len(samples) < opts.cycles:
+            if proc.poll() is not None:
+                raise RuntimeError(f"poller exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(samples)} cycles in time:\n{log_path.read_text()[-3000:]}")
+            with open(log_path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            cut = chunk.rfind(b"\n") + 1
+            pos += cut
+            for raw in chunk[:cut].decode(errors="replace").splitlines():
+                fields = parse_cycle(raw)
+                if fields is not None:
+                    rss, hwm = proc_mem_kb(proc.pid)
+                    samples.append({"t": time.monotonic(), "cpu_s": proc_cpu_s(proc.pid), "rss_kb": rss,
+                                    "hwm_kb": hwm, **fields})
+                    if len(samples) % 10 == 0 or len(samples) <= 3:
+                        say(f"[{label}] cycle {len(samples)}: {raw.split('cycle: ', 1)[1]}")
+            time.sleep(0.02)
+        hwm_kb = proc_mem_kb(proc.pid)[1]
+        if opts.profile_s > 0:
+            profile_file = work / f"profile-{label}.txt"
+            say(f"[{label}] profiling with py-spy for {opts.profile_s:g} s")
+            py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+            if py_spy is None:
+                raise SystemExit("py-spy is not installed (pip install py-spy)")
+            subprocess.run([py_spy, "record", "--pid", str(proc.pid), "--duration", f"{int(opts.profile_s)}",
+                            "--rate", "250", "--nonblocking", "--format", "raw", "-o", str(profile_file)],
+                           check=True, capture_output=True, timeout=opts.profile_s + 60)
+    finally:
+        rc = stop_process(proc, timeout=60)
+    text = log_path.read_text(errors="replace")
+    all_cycles = [c for c in map(parse_cycle, text.splitlines()) if c is not None]
+    # a tick skipped whole (older poller), or host:ports sitting a tick out because still busy (newer poller)
+    skipped_all = text.count("skipped: the cycle started") + sum(c["busy_endpoints_skipped"] > 0 for c in all_cycles)
+    logged = sum(int(c["readings"]) for c in all_cycles)
+    not_written = sum(int(c["not_written"]) for c in all_cycles)
+    stored = vm.settled_samples(stored_before + logged) - stored_before
+
+    w = samples[opts.warmup:] if len(samples) > opts.warmup + 1 else samples
+    first, last = (samples[opts.warmup - 1] if opts.warmup and len(w) < len(samples) else w[0]), w[-1]
+    window = [s for s in w if s is not first]
+    readings = sum(s["readings"] for s in window) or 1
+    since = sorted(s["since_tick"] for s in window)
+    result: dict[str, Any] = {
+        "label": label,
+        "exit_code": rc,
+        "cycles": len(all_cycles),
+        "cycles_measured": len(window),
+        "cycle_s": statistics.median(since),
+        "cycle_p95_s": since[min(len(since) - 1, int(0.95 * len(since)))],
+        "cycle_max_s": since[-1],
+        "duration_s": statistics.median(s["duration"] for s in window),
+        "requests_per_cycle": statistics.median(s["requests"] for s in window),
+        "readings_logged": logged,
+        "readings": stored,
+        "not_written": not_written,
+        "failed_meters": sum(int(c.get("failed", 0)) for c in all_cycles),
+        "invalid": sum(int(c.get("invalid", 0)) for c in all_cycles),
+        "skipped_ticks": sum(s["busy_endpoints_skipped"] > 0 for s in window),
+        "skipped_ticks_all": skipped_all,
+        "cpu_us_per_reading": (last["cpu_s"] - first["cpu_s"]) / readings * 1e6,
+        "cpu_s_per_cycle": (last["cpu_s"] - first["cpu_s"]) / max(1, len(window)),
+        "readings_per_s": readings / max(1e-9, last["t"] - first["t"]),
+        "rss_mb": hwm_kb / 1024,
+        "rss_start_mb": first["rss_kb"] / 1024,
+        "rss_end_mb": last["rss_kb"] / 1024,
+        "rss_growth_pct": 100.0 * (last["rss_kb"] - first["rss_kb"]) / first["rss_kb"],
+        "log": str(log_path),
+    }
+    if profile_file is not None and profile_file.exists():
+        result["profile"] = profile.summarise(profile_file)
+        result["profile_file"] = str(profile_file)
+    say(f"[{label}] {len(all_cycles)} cycles, {logged} readings logged, {stored} stored, exit {rc}")
+    return result
+
+
+# ---------------------------------------------------------------------------
+
+
+def run(spec: FleetSpec, opts: Options) -> int:
+    if opts.cycles < 2:
+        raise SystemExit("--cycles must be at least 2")
+    opts.warmup = max(0, min(opts.warmup, opts.cycles - 2))
+    work = Path(opts.out) if opts.out else Path(tempfile.mkdtemp(prefix="emm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"fleet: {spec.describe()}; logs in {work}")
+    fleet_proc: subprocess.Popen[str] | None = None
+    vm = BenchVictoriaMetrics()
+    try:
+        with postgres_cluster() as pg:
+            pg.create_database(DB)
+            fleet_proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.fleet", "--gateways", str(spec.gateways), "--units", str(spec.units),
+                 "--values", str(spec.values), "--latency-ms", str(spec.latency_ms)],
+                cwd=ROOT, env=project_env({}), stdout=subprocess.PIPE, text=True)
+            assert fleet_proc.stdout is not None
+            ready = fleet_proc.stdout.readline()
+            if not ready:
+                raise RuntimeError(f"the fleet exited with {fleet_proc.wait()} before listening")
+            ports = json.loads(ready)["ports"]
+            pg.psql(DB, input=seed_sql(spec, ports))
+            vm.start()
+            env = {**pg.env(DB), **vm.env()}
+            result = _measure(spec, opts, work, env, pg, vm)
+            fleet_stats = _stop_fleet(fleet_proc)
+            fleet_proc = None
+            result["fleet_requests_served"] = fleet_stats.get("requests")
+    finally:
+        if fleet_proc is not None:
+            _stop_fleet(fleet_proc)
+        vm.close()
+    print(report(spec, opts, result))
+    line = json.dumps({k: v for k, v in result.items() if k not in ("profile", "variants")}
+                      | {"variants": {k: {kk: vv for kk, vv in v.items() if kk != "profile"}
+                                      for k, v in result.get("variants", {}).items()}})
+    if opts.json_out:
+        Path(opts.json_out).write_text(json.dumps(result, indent=1) + "\n")
+    print(line, flush=True)
+    ok = result["readings"] == result["readings_logged"] and not result["not_written"]
+    return 0 if ok else 1
+
+
+def _stop_fleet(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    for line in reversed((out or "").splitlines()):
+        if line.startswith("{"):
+            return dict(json.loads(line))
+    return {}
+
+
+def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg: Any,
+             vm: BenchVictoriaMetrics) -> dict[str, Any]:
+    # 1. floor: the same planned requests, bare pymodbus, its own process
+    say(f"floor: {opts.floor_rounds} rounds of bare pymodbus")
+    done = subprocess.run([sys.executable, "-m", "bench.floor", "--rounds", str(opts.floor_rounds)],
+                          cwd=ROOT, env=project_env(env), capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.floor failed: {done.stderr[-3000:]}")
+    floor = json.loads(done.stdout.strip().splitlines()[-1])
+    say(f"floor: {floor}")
+
+    # network bound: the busiest gateway's planned requests x device latency
+    requests_per_gateway = floor["requests_per_round"] / spec.gateways  # every gateway serves the same units
+    network_bound = requests_per_gateway * spec.latency_ms / 1000.0
+    lower_bound = max(network_bound, floor["cpu_s_per_round"])
+
+    # 2. the poller as in production, then a patched copy when asked
+    variants: list[tuple[str, str | None]] = [("poller", opts.poller_patch)]
+    if opts.compare_patch:
+        variants.append(("patched", opts.compare_patch))
+    results = []
+    stored = 0
+    for label, patch in variants:
+        res = run_poller(label, poller_tree(patch, work), env, spec, opts, work, vm, stored)
+        stored += res["readings"]
+        res["cycle_vs_bound"] = res["cycle_s"] / lower_bound
+        res["cpu_vs_floor"] = res["cpu_us_per_reading"] / floor["cpu_us_per_reading"]
+        res["patch"] = patch
+        results.append(res)
+
+    # 3. the original design over a subset, after the stored counts are checked
+    naive: dict[str, Any] = {}
+    if opts.naive_gateways > 0:
+        import psycopg2
+
+        from poller.sink import InfluxSink
+        from poller.store import load_configuration
+
+        with pg.connect(DB) as conn:
+            config = load_configuration(conn)
+        conn.close()
+        gws = sorted({m.endpoint for m in config.meters})[: opts.naive_gateways]
+        subset = [m for m in config.meters if m.endpoint in gws]
+        say(f"naive: sequential, one request per register, {len(subset)} meters of {len(config.meters)}")
+        sink = InfluxSink(vm.url, "test-token", "emm", "energy")
+        try:
+            naive = run_naive(subset, sink)
+        finally:
+            sink.close()
+        naive["naive_s"] = naive["wall_s"] * len(config.meters) / len(subset)
+        del psycopg2
+
+    main = results[0]
+    out: dict[str, Any] = {
+        "fleet": spec.describe(),
+        "gateways": spec.gateways, "units": spec.units, "values": spec.values, "latency_ms": spec.latency_ms,
+        "readings_per_cycle": spec.readings_per_cycle,
+        **{k: v for k, v in main.items() if k != "label"},
+        "lower_bound_s": lower_bound,
+        "network_bound_s": network_bound,
+        "floor_wall_s": floor["wall_s"],
+        "floor_cpu_s": floor["cpu_s_per_round"],
+        "floor_cpu_us_per_reading": floor["cpu_us_per_reading"],
+        "planned_requests": floor["requests_per_round"],
+        "naive_s": naive.get("naive_s"),
+        "naive_measured_s": naive.get("wall_s"),
+        "naive_meters": naive.get("meters"),
+        "naive_registers": naive.get("registers"),
+        "naive_vs_cycle": (naive["naive_s"] / main["cycle_s"]) if naive else None,
+    }
+    if len(results) > 1:
+        out["variants"] = {r["label"]: {k: v for k, v in r.items() if k != "label"} for r in results[1:]}
+    return out
+
+
+def report(spec: FleetSpec, opts: Options, r: dict[str, Any]) -> str:
+    cols = [("poller/", r)] + [(f"{k} ({v['patch']})", v) for k, v in r.get("variants", {}).items()]
+    head = "| measure | " + " | ".join(c for c, _ in cols) + " | bound / floor | target |"
+    rows = [head, "|---|" + "---:|" * len(cols) + "---:|---|"]
+
+    def row(name: str, key: str, fmt: str, bound: str = "", target: str = "") -> None:
+        vals = [(fmt.format(v[key]) if v.get(key) is not None else "-") for _, v in cols]
+        rows.append(f"| {name} | " + " | ".join(vals) + f" | {bound} | {target} |")
+
+    row("cycle time, tick to last reading stored (median)", "cycle_s", "{:.3f} s",
+        f"{r['lower_bound_s']:.3f} s", "<= 1.25 x bound")
+    row("cycle time p95", "cycle_p95_s", "{:.3f} s")
+    row("cycle time max", "cycle_max_s", "{:.3f} s")
+    row("cycle / lower bound", "cycle_vs_bound", "{:.2f} x", "", "<= 1.25")
+    row("CPU per reading (poller process)", "cpu_us_per_reading", "{:.2f} us",
+        f"{r['floor_cpu_us_per_reading']:.2f} us", "<= 1.5 x floor")
+    row("CPU / bare-pymodbus floor", "cpu_vs_floor", "{:.2f} x", "", "<= 1.5")
+    row("CPU per cycle", "cpu_s_per_cycle", "{:.3f} s", f"{r['floor_cpu_s']:.3f} s")
+    row("readings per second sustained", "readings_per_s", "{:,.0f}", "", ">= 25,000")
+    row("ticks skipped", "skipped_ticks", "{}", "", "0")
+    row("readings stored (VictoriaMetrics) / logged", "readings", "{}")
+    row("readings logged", "readings_logged", "{}")
+    row("peak RSS (VmHWM)", "rss_mb", "{:.1f} MB")
+    row("RSS growth after warm-up", "rss_growth_pct", "{:+.2f} %", "", "< 5 %")
+    naive = ""
+    if r.get("naive_s"):
+        naive = (f"\nOriginal design (sequential, one request per register) over {r['naive_meters']} meters "
+                 f"({r['naive_registers']} requests): {r['naive_measured_s']:.2f} s, i.e. "
+                 f"{r['naive_s']:.1f} s for the whole fleet = {r['naive_vs_cycle']:.0f} x the poller's cycle "
+                 f"({r['cycle_s']:.3f} s).")
+    return "\n".join([
+        f"\nFleet: {spec.describe()}; {r['cycles']} cycles, every {opts.every_s} s, first {opts.warmup} "
+        "left out of timings.",
+        f"Lower bound {r['lower_bound_s']:.3f} s = max(network bound {r['network_bound_s']:.3f} s "
+        f"[{r['planned_requests'] // spec.gateways} requests on the busiest gateway x {spec.latency_ms:g} ms], "
+        f"CPU floor {r['floor_cpu_s']:.3f} s [bare pymodbus, {r['planned_requests']} requests; its wall time "
+        f"{r['floor_wall_s']:.3f} s]).",
+        "", *rows, naive,
+        *[("\n" + profile.render(v["profile"], f"profile: {c}")) for c, v in cols if "profile" in v],
+    ])
