@@ -126,6 +126,32 @@ CREATE TABLE registers (
 CREATE INDEX registers_type_idx ON registers (type);
 
 -- ---------------------------------------------------------------------------
+-- Change counter: every change to the configuration tables bumps it, so the
+-- poller reads one row per cycle and reloads the tables only when it moved.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE config_version (
+    singleton  boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    version    bigint      NOT NULL DEFAULT 0,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO config_version DEFAULT VALUES;
+
+CREATE FUNCTION bump_config_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE config_version SET version = version + 1, changed_at = now();
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER device_types_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON device_types
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_config_version();
+CREATE TRIGGER registers_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON registers
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_config_version();
+CREATE TRIGGER energy_meters_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON energy_meters
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_config_version();
+
+-- ---------------------------------------------------------------------------
 -- Least privilege: the poller only reads the configuration. A login role is
 -- made a member of this group at deployment (see docker-compose / README).
 -- ---------------------------------------------------------------------------
@@ -138,7 +164,7 @@ BEGIN
 END
 $$;
 GRANT SELECT ON data_types, function_codes, byte_orders, device_types,
-                energy_meters, registers TO emm_reader;
+                energy_meters, registers, config_version TO emm_reader;
 
 -- ---------------------------------------------------------------------------
 -- Seed: the virtual meter served by `python -m virtual_server`

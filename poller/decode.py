@@ -12,7 +12,7 @@ import math
 import struct
 from collections.abc import Sequence
 
-from .model import ByteOrder, ReadBlock, Register
+from .model import ByteOrder, DataType, ReadBlock, Register
 
 __all__ = ["DecodeError", "apply_scaling", "check_scale_factor", "decode_block_values", "decode_raw",
            "encode_raw", "to_big_endian"]
@@ -64,6 +64,11 @@ def apply_scaling(register: Register, raw: int | float, scale_factor: int | None
     Raises DecodeError for "not available" sentinels and values InfluxDB cannot
     store (NaN, infinity), so the caller can count them and write nothing.
     """
+    if (scale_factor is None and register.not_available is None and register.scale == 1.0
+            and register.offset == 0.0):
+        value = float(raw)
+        if math.isfinite(value):  # the common case: nothing to scale
+            return value
     if register.not_available is not None and raw == register.not_available:
         raise DecodeError(f"{register.measurement}: not available (raw {raw})")
     if isinstance(raw, float) and not math.isfinite(raw):
@@ -109,6 +114,10 @@ def encode_raw(register: Register, raw: int | float) -> list[int]:
     return list(struct.unpack(f">{n}H", from_big_endian(data, register.byte_order)))
 
 
+# One precompiled big-endian unpacker per data type, chosen once (not a format string per value).
+_UNPACK_FROM = {dt: struct.Struct(">" + dt.struct_code).unpack_from for dt in DataType}
+
+
 def decode_block_values(
     block_words: Sequence[tuple[ReadBlock, Sequence[int]]],
 ) -> tuple[list[tuple[int, Register, float]], list[str]]:
@@ -122,11 +131,15 @@ def decode_block_values(
     """
     raws: dict[str, int | float] = {}
     for block, words in block_words:
+        data = struct.pack(f">{len(words)}H", *words)  # the block's bytes, once
         for reg in block.registers:
-            try:
-                raws[reg.measurement] = decode_raw(reg, words, reg.address - block.address)
-            except DecodeError:
-                pass  # a short reply: reported below as "no data"
+            start = reg.address - block.address
+            if start + reg.data_type.words > len(words):
+                continue  # a short reply: reported below as "no data"
+            if reg.byte_order is ByteOrder.ABCD:  # as on the wire: unpack in place
+                raws[reg.measurement] = _UNPACK_FROM[reg.data_type](data, 2 * start)[0]
+            else:
+                raws[reg.measurement] = decode_raw(reg, words, start)
     sf_registers = {r.scale_factor for b, _ in block_words for r in b.registers if r.scale_factor}
     by_name = {r.measurement: r for b, _ in block_words for r in b.registers if r.measurement in sf_registers}
     values: list[tuple[int, Register, float]] = []

@@ -127,8 +127,10 @@ class Endpoint:
             raise AssertionError(f"refusing to send function code {block.function_code}")
         self.requests += 1
         try:
-            reply = await asyncio.wait_for(
-                call(block.address, count=block.count, device_id=unit), timeout=timeout + 1)
+            # asyncio.timeout, not wait_for: no extra task per request (wait_for was ~10 % of the
+            # event loop's work at 1000 requests a cycle); pymodbus' own timeout fires first anyway.
+            async with asyncio.timeout(timeout + 1):
+                reply = await call(block.address, count=block.count, device_id=unit)
         except TimeoutError:
             self.close()
             raise ResponseTimeout(f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None

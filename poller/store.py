@@ -198,6 +198,24 @@ def _check_scale_factors(type_name: str, regs: list[Register], problems: list[st
     return kept
 
 
+VERSION_SQL = "SELECT version FROM config_version"
+
+
+def config_version(connection: Any) -> int | None:
+    """The change counter db/init.sql keeps; None when the database has none (reload every cycle)."""
+    import psycopg2
+
+    try:
+        with connection.cursor() as cur:
+            cur.execute(VERSION_SQL)
+            row = cur.fetchone()
+        connection.rollback()
+    except (psycopg2.errors.UndefinedTable, psycopg2.errors.InsufficientPrivilege):
+        connection.rollback()  # an older database: fall back to reading the tables each cycle
+        return None
+    return int(row[0]) if row else None
+
+
 def load_rows(connection: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The three configuration tables, read in one consistent snapshot."""
     import psycopg2.extras

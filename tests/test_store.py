@@ -107,3 +107,23 @@ def test_seed_loads_without_problems(postgres, database):
     types = {r.data_type for r in m.device_type.registers}
     fcs = {r.function_code for r in m.device_type.registers}
     assert {DataType.INT16, DataType.INT32, DataType.FLOAT32} <= types and len(fcs) == 2
+
+
+def test_every_change_bumps_the_config_version(postgres, database):
+    from poller.store import config_version
+
+    conn = postgres.connect(database)
+    try:
+        before = config_version(conn)
+        postgres.psql(database, "-c", "UPDATE energy_meters SET description = 'x'")
+        after_meter = config_version(conn)
+        postgres.psql(database, "-c", "UPDATE registers SET scale = 1 WHERE false")  # a statement, no rows
+        after_noop = config_version(conn)
+        postgres.psql(database, "-c", "DELETE FROM registers WHERE measurement_name = 'temperature'")
+        after_register = config_version(conn)
+        postgres.psql(database, "-c", "DROP TABLE config_version CASCADE")
+        assert config_version(conn) is None  # an older database: the poller reloads every cycle
+        assert load_configuration(conn).problems == ()
+    finally:
+        conn.close()
+    assert before is not None and before < after_meter <= after_noop < after_register
