@@ -283,6 +283,10 @@ class Poller:
         return results
 
     async def poll_meter(self, endpoint: Endpoint, meter: Meter) -> MeterResult:
+        """Read a meter's blocks, splitting any the device refuses; decode what arrived.
+
+        Readings of the blocks read before a failure are kept: they were read.
+        """
         result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
         started = time.monotonic()
         queue = list(self.plan_for(meter))
@@ -303,7 +307,7 @@ class Poller:
                 if exc.code in SPLIT_CODES:
                     reg = block.registers[0]
                     self.health.once(meter, f"register {reg.measurement} at {reg.address} "
-                                                f"(fc{int(reg.function_code)}) is refused: {exc}")
+                                            f"(fc{int(reg.function_code)}) is refused: {exc}")
                     result.invalid.append(f"{reg.measurement}: refused by the device")
                     kept.append(block)
                     continue

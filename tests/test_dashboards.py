@@ -168,9 +168,9 @@ def line_protocol(postgres: dict[str, str]) -> list[str]:
 
 
 def status_lines(readings: list[str]) -> list[str]:
-    """poller_status points as the contract describes them (fields up, duration_s, requests,
-    errors, readings; tags meter, host, slave_address, type), one per meter and cycle, for
-    as long as the poller does not print them itself."""
+    """poller_status points in the shape the poller writes them (poller/sink.py status_line:
+    float fields up, duration_s, requests, errors, readings; the meter's tags), one per meter
+    and cycle: `--dry-run` prints the readings only."""
     if any(ln.startswith("poller_status,") for ln in readings):
         return []
     out = set()
