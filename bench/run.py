@@ -63,23 +63,8 @@ def say(text: str) -> None:
 class BenchVictoriaMetrics(VictoriaMetrics):
     """The tests' VictoriaMetrics, with queries that see points the moment they are flushed."""
 
-    def start(self) -> None:
-        binary = shutil.which("victoria-metrics")
-        if binary is None:
-            raise RuntimeError("victoria-metrics is not installed (apt-get install victoria-metrics)")
-        self.proc = subprocess.Popen(
-            [binary, f"-storageDataPath={self.dir}", f"-httpListenAddr=127.0.0.1:{self.port}",
-             "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.disableCache", "-search.latencyOffset=0s"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("victoria-metrics did not become healthy")
+    # queries see points the moment they are flushed
+    extra_args = ("-search.latencyOffset=0s",)
 
     def samples(self) -> int:
         """Stored readings: samples of `<measurement>_value` series (not the poller's own status points)."""

@@ -92,6 +92,16 @@ class Postgres:
         return psycopg2.connect(host="127.0.0.1", port=self.port, dbname=dbname,
                                 user=self.user, password=self.password)
 
+    def configuration(self, dbname: str):  # type: ignore[no-untyped-def]
+        """The configuration as the poller loads it from this database."""
+        from poller.store import load_configuration
+
+        conn = self.connect(dbname)
+        try:
+            return load_configuration(conn)
+        finally:
+            conn.close()
+
     def stop(self) -> None:
         subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", "fast",
                                      "-w", "stop"]), capture_output=True, timeout=60)
@@ -134,6 +144,8 @@ def postgres_cluster() -> Iterator[Postgres]:
 class VictoriaMetrics:
     """VictoriaMetrics single-node: speaks the InfluxDB v2 write API on /api/v2/write."""
 
+    extra_args: tuple[str, ...] = ()
+
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="emm-vm-"))
         self.port = free_port()
@@ -153,7 +165,7 @@ class VictoriaMetrics:
             raise RuntimeError("victoria-metrics is not installed (the README test command installs it)")
         self.proc = subprocess.Popen(
             [binary, f"-storageDataPath={self.dir}", f"-httpListenAddr=127.0.0.1:{self.port}",
-             "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.disableCache"],
+             "-retentionPeriod=100y", "-loggerLevel=ERROR", "-search.disableCache", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -40,6 +40,9 @@ def test_small_fleet_runs_and_reports_complete_json(tmp_path):
     assert result["naive_registers"] == units * values  # one gateway, one request per register
     assert result["network_bound_s"] == pytest.approx(units * 0.010)
     assert result["lower_bound_s"] >= result["network_bound_s"]
-    for key in ("cycle_s", "cpu_us_per_reading", "floor_cpu_us_per_reading", "readings_per_s", "rss_mb", "naive_s"):
+    for key in ("cycle_s", "readings_per_s", "rss_mb", "naive_s"):
         assert result[key] > 0, key
+    # CPU is read from /proc in clock ticks (10 ms): a tiny fleet may use less than one
+    for key in ("cpu_us_per_reading", "floor_cpu_us_per_reading"):
+        assert isinstance(result[key], float) and result[key] >= 0, key
     assert "| cycle time" in done.stdout  # the table is printed before the JSON line

@@ -9,7 +9,6 @@ from collections import Counter
 
 import pytest
 
-from poller.store import load_configuration
 from tests.servers import ROOT, ModbusServerThread, free_port, start_module, stop_process, wait_for_port
 from tests.test_end_to_end import run_poller
 from virtual_server.device import make_device
@@ -39,11 +38,7 @@ def fleet(postgres, database, tmp_path):
     rows = ", ".join(f"({u}, '127.0.0.1', {port}, {u}, '{t}')" for u, t in UNITS.items())
     postgres.psql(database, "-c", "DELETE FROM energy_meters; INSERT INTO energy_meters "
                                   f"(id, host, port, slave_address, type) VALUES {rows}")
-    conn = postgres.connect(database)
-    try:
-        config = load_configuration(conn)
-    finally:
-        conn.close()
+    config = postgres.configuration(database)
     assert config.problems == ()
     log = tmp_path / "simulator.log"
     args = ["--host", "127.0.0.1", "--port", str(port), "--seed", str(SEED), "--frozen", "--log-requests"]
@@ -123,11 +118,7 @@ def test_mbpoll_agrees_with_what_the_poller_stored(postgres, database, victoria,
 
 
 def test_a_gateway_with_ten_units_never_sees_two_requests_at_once(postgres, database):
-    conn = postgres.connect(database)
-    try:
-        registers = load_configuration(conn).device_types["virtual_meter"].registers
-    finally:
-        conn.close()
+    registers = postgres.configuration(database).device_types["virtual_meter"].registers
     banks = {u: make_device("virtual_meter", registers, u).words() for u in range(1, 11)}
     server = ModbusTcpServer(units={u: (lambda b=b: b) for u, b in banks.items()}, default=None, latency_s=0.02)
     gateway = ModbusServerThread(server)
@@ -176,11 +167,7 @@ def test_busy_devices_are_retried_and_broken_connections_reopened(postgres, data
 
     from poller.cycle import Poller
 
-    conn = postgres.connect(database)
-    try:
-        (meter,) = load_configuration(conn).meters
-    finally:
-        conn.close()
+    (meter,) = postgres.configuration(database).meters
     words = make_device("virtual_meter", meter.device_type.registers, 1).words()
     server = BusyThenDropping(units={}, default=lambda: words, drop_every=5)
     thread = ModbusServerThread(server)

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from poller.plan import plan_reads
-from poller.store import load_configuration
 from tests.servers import ROOT, free_port, project_env, start_module, stop_process, wait_for_port
 from virtual_server.device import make_device
 
@@ -38,9 +37,7 @@ def run_poller(args, env, timeout=60):
 
 
 def seed_map(postgres, database):
-    with postgres.connect(database) as conn:
-        config = load_configuration(conn)
-    conn.close()
+    config = postgres.configuration(database)
     assert not config.problems, config.problems
     return config
 

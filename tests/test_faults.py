@@ -11,7 +11,6 @@ import pytest
 
 from poller.cycle import Poller
 from poller.model import FunctionCode
-from poller.store import load_configuration
 from tests.servers import ModbusServerThread, free_port
 from tests.test_end_to_end import run_poller
 from virtual_server.device import make_device
@@ -19,11 +18,7 @@ from virtual_server.server import ModbusTcpServer
 
 
 def seed_registers(postgres, database):
-    conn = postgres.connect(database)
-    try:
-        config = load_configuration(conn)
-    finally:
-        conn.close()
+    config = postgres.configuration(database)
     return config.device_types["virtual_meter"].registers
 
 
@@ -95,11 +90,7 @@ class ListSink:
 
 
 def test_a_block_with_a_refused_register_is_split_and_the_split_remembered(postgres, database):
-    conn = postgres.connect(database)
-    try:
-        config = load_configuration(conn)
-    finally:
-        conn.close()
+    config = postgres.configuration(database)
     (meter,) = config.meters
     words = make_device("virtual_meter", meter.device_type.registers, 1).words()
     # temperature (holding register 101) does not exist on this device

@@ -17,18 +17,10 @@ from hypothesis import strategies as st
 
 from poller.modbus import Endpoint, ModbusError
 from poller.model import DataType, FunctionCode, ReadBlock, Register
-from poller.store import load_configuration
 from tests.servers import GarbageServer, ModbusServerThread, free_port, start_module, stop_process
+from tests.test_faults import seed_registers
 from virtual_server.device import make_device
 from virtual_server.server import ModbusTcpServer
-
-
-def seed_registers(postgres, database):
-    conn = postgres.connect(database)
-    try:
-        return load_configuration(conn).device_types["virtual_meter"].registers
-    finally:
-        conn.close()
 
 
 def wait_until(predicate, timeout, what):

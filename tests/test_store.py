@@ -95,11 +95,7 @@ def test_the_database_rejects_what_can_never_work(postgres, database, sql, const
 
 
 def test_seed_loads_without_problems(postgres, database):
-    conn = postgres.connect(database)
-    try:
-        config = load_configuration(conn)
-    finally:
-        conn.close()
+    config = postgres.configuration(database)
     assert config.problems == ()
     (m,) = config.meters
     assert (m.host, m.port, m.slave_address, m.device_type.name) == ("virtual_modbustcp_server", 502, 1,
