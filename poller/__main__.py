@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from .config import ConfigError, ConfigSource
 from .cycle import Poller
 from .monitor import Monitor, cron_interval_s
+from .plan import plan_reads
 from .schedule import Schedule
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
@@ -33,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the readings as InfluxDB line protocol to stdout instead of writing "
                              "them (the poller_status points are left out)")
+    parser.add_argument("--check", action="store_true",
+                        help="read the configuration, print every meter with its read plan and every "
+                             "skipped row with the reason, then exit (1 when a row is skipped); no device "
+                             "is contacted")
     parser.add_argument("--env-file", default=".dev.env",
                         help="settings file to load when present (default: .dev.env)")
     parser.add_argument("--log-level", default="INFO",
@@ -57,6 +62,29 @@ def make_sink(settings: Settings, dry_run: bool, spool: bool = False) -> InfluxS
         raise SystemExit(2) from None
     return SpoolingSink(sink, disk, retry_max_s=settings.spool_retry_max_s)
     # --- end durable spool
+
+
+def check(settings: Settings) -> int:
+    """--check: what the poller would read, and which rows it would skip and why."""
+    logging.getLogger("poller.config").setLevel(logging.ERROR)  # the problems are printed below
+    source = ConfigSource(settings)
+    try:
+        config = source.load()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        source.close()
+    for meter in config.meters:
+        dtype = meter.device_type
+        blocks = plan_reads(dtype.registers, dtype.max_block, dtype.max_gap)
+        state = "" if meter.enabled else " [disabled]"
+        print(f"{meter}{state}: {len(dtype.registers)} registers in {len(blocks)} requests "
+              f"({', '.join(str(b) for b in blocks)}), schedule {meter.poll_cron or settings.poll_cron!r}")
+    for problem in config.problems:
+        print(f"SKIPPED {problem}")
+    print(f"{len(config.meters)} meters, {len(config.problems)} rows skipped")
+    return 1 if config.problems else 0
 
 
 async def run_once(settings: Settings, dry_run: bool) -> int:
@@ -180,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         log.error("setting: %s", exc)
         return 2
+    if args.check:
+        return check(settings)
     runner = run_once if args.once else run_forever
     return asyncio.run(runner(settings, args.dry_run))
 

@@ -113,3 +113,15 @@ def test_runs_on_the_schedule_and_stops_cleanly(postgres, database, simulator, v
     assert len(stamps) >= 3 and len(set(stamps)) == len(stamps)
     # each tick lands in its own second (the schedule is every second)
     assert len({t // 1000 for t in stamps}) == len(stamps)
+
+
+def test_check_lists_the_read_plan_and_the_skipped_rows(postgres, database):
+    postgres.psql(database, "-c", "INSERT INTO energy_meters (host, port, slave_address, type, poll_cron) "
+                                  "VALUES ('10.0.0.9', 502, 4, 'virtual_meter', 'every minute')")
+    done = run_poller(["--check"], postgres.env(database))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == ("meter 1 (virtual_modbustcp_server:502 unit 1, virtual_meter): 12 registers in 2 requests "
+                        "(fc3 100..105, fc4 0..15), schedule '* * * * * */10'")
+    assert lines[1].startswith("SKIPPED energy_meters.id 2 (10.0.0.9:502 unit 4): poll_cron 'every minute'")
+    assert lines[-1] == "1 meters, 1 rows skipped"
