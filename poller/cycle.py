@@ -222,13 +222,16 @@ class Poller:
         for meter in meters:
             by_endpoint.setdefault(meter.endpoint, []).append(meter)
         report = CycleReport()
-        for key in [k for k in by_endpoint if k in self._busy]:
-            group = by_endpoint.pop(key)
-            report.endpoints_busy += 1
-            if key not in self._busy_reported:
-                self._busy_reported.add(key)
-                log.warning("%s:%d still busy with an earlier cycle; its %d meter(s) skip this tick",
-                            key[0], key[1], len(group))
+        busy = [k for k in by_endpoint if k in self._busy]
+        if busy:
+            skipped = sum(len(by_endpoint.pop(k)) for k in busy)
+            report.endpoints_busy = len(busy)
+            fresh = [k for k in busy if k not in self._busy_reported]
+            self._busy_reported.update(busy)
+            names = ", ".join(f"{h}:{p}" for h, p in (fresh or busy)[:5]) + (" ..." if len(busy) > 5 else "")
+            log.log(logging.WARNING if fresh else logging.DEBUG,
+                    "%d host:port(s) still busy with an earlier cycle (%s): their %d meter(s) skip this tick",
+                    len(busy), names, skipped)
         written, failed = self.writer.written, self.writer.failed
 
         async def poll(key: tuple[str, int], group: list[Meter]) -> list[MeterResult]:
@@ -241,7 +244,8 @@ class Poller:
                     results = await self.poll_endpoint(endpoint, group)
             finally:
                 self._busy.discard(key)
-            self._busy_reported.discard(key)
+            if all(r.ok for r in results):  # healthy again: a new busy streak is worth a WARNING
+                self._busy_reported.discard(key)
             return results
 
         groups = await asyncio.gather(*(poll(k, g) for k, g in by_endpoint.items()))

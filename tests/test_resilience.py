@@ -82,6 +82,9 @@ def test_healthy_meters_arrive_every_cycle_on_time_next_to_broken_ones(postgres,
         lines = re.findall(rf"ERROR poller: meter {meter_id} .* failed: (.*)", text)
         assert len(lines) == 1 and reason in lines[0], (meter_id, lines)
     assert re.search(r"skipping \d+ cycles", text) is None  # repeats are DEBUG, not in an INFO log
+    # the hung device keeps its host:port busy past the next ticks: said once, not every tick
+    busy = re.findall(rf"WARNING poller: \d+ host:port\(s\) still busy .*127.0.0.1:{hung_port}", text)
+    assert len(busy) == 1, text
     (up,) = [s for s in victoria.export('{__name__="poller_status_up", meter="1001"}')]
     assert set(up["values"]) == {0.0}
 
