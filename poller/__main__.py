@@ -108,6 +108,15 @@ async def run_once(settings: Settings, dry_run: bool) -> int:
 
 
 async def run_forever(settings: Settings, dry_run: bool) -> int:
+    stale_after = settings.health_stale_s or max(60.0, 3 * cron_interval_s(settings.poll_cron))
+    monitor = Monitor(stale_after)
+    if settings.http_port:  # first: a port in use stops the service before anything else starts
+        try:
+            await monitor.start(settings.http_host, settings.http_port)
+        except OSError as exc:
+            log.error("cannot serve /healthz and /metrics on %s:%d: %s (POLL_HTTP_PORT=0 turns them off)",
+                      settings.http_host, settings.http_port, exc)
+            return 2
     source = ConfigSource(settings)
     sink = make_sink(settings, dry_run, spool=True)  # durable spool
     poller = Poller(sink, settings.max_parallel_endpoints, status_points=not dry_run)
@@ -129,17 +138,8 @@ async def run_forever(settings: Settings, dry_run: bool) -> int:
 
     running: set[asyncio.Task[None]] = set()
 
-    stale_after = settings.health_stale_s or max(60.0, 3 * cron_interval_s(settings.poll_cron))
-    monitor = Monitor(stale_after)
     if isinstance(sink, SpoolingSink):
         monitor.watch_spool(sink.stats)
-    if settings.http_port:
-        try:
-            await monitor.start(settings.http_host, settings.http_port)
-        except OSError as exc:
-            log.error("cannot serve /healthz and /metrics on %s:%d: %s (POLL_HTTP_PORT=0 turns them off)",
-                      settings.http_host, settings.http_port, exc)
-            return 2
 
     async def cycle(tick: datetime, fired: frozenset[str]) -> None:
         nonlocal config

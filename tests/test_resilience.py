@@ -255,3 +255,15 @@ def test_healthz_turns_unhealthy_when_no_cycle_completes(postgres, database, tmp
         stop_process(proc)
     assert status == 503
     assert "no cycle completed" in body
+
+
+def test_a_health_port_in_use_stops_the_service_with_a_message(postgres, database):
+    from tests.test_end_to_end import run_poller
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = run_poller([], {**postgres.env(database), "POLL_HTTP_PORT": str(port)}, timeout=30)
+    assert done.returncode == 2
+    assert f"cannot serve /healthz and /metrics on 127.0.0.1:{port}" in done.stderr
