@@ -17,7 +17,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from poller.decode import apply_scaling, decode_raw
 from poller.model import FunctionCode, Meter
-from poller.sink import line, series_key
+from poller.sink import reading_lines, series_key
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -41,7 +41,8 @@ async def _poll(meters: Sequence[Meter], sink: object) -> tuple[int, int]:
                 if reply.isError():
                     continue
                 value = apply_scaling(reg, decode_raw(reg, reply.registers))
-                lines.append(line(series_key(meter, reg), value, time.time_ns() // 1_000_000))
+                read_ms = time.time_ns() // 1_000_000
+                lines += reading_lines({reg.id: series_key(meter, reg)}, [(0, reg, value)], [read_ms])
             sink.write(lines)  # type: ignore[attr-defined]
             readings += len(lines)
     finally:

@@ -48,10 +48,8 @@ class ConfigSource:
         try:
             conn = self._connect()
             version = config_version(conn)
-            if version is not None and version == self._version and self.current is not None:
-                rows = self._rows  # nothing changed since the last load
-            else:
-                rows = load_rows(conn)
+            unchanged = version is not None and version == self._version and self.current is not None
+            rows = None if unchanged else load_rows(conn)
             self._version = version
         except psycopg2.Error as exc:
             self.close()
@@ -66,16 +64,18 @@ class ConfigSource:
         if self._down:
             log.info("configuration readable again from %s", where)
             self._down = False
-        if rows != self._rows or self.current is None:
-            config = build_configuration(*rows)
-            for problem in config.problems:
-                if problem not in self._reported:
-                    log.warning("configuration: %s", problem)
-            self._reported = set(config.problems)
-            if self.current is not None:
-                log.info("configuration changed: %d meters", len(config.meters))
-            self._rows, self.current = rows, config
-        return self.current
+        if self.current is not None and (rows is None or rows == self._rows):
+            return self.current  # nothing changed: the very same objects
+        assert rows is not None  # rows are only skipped once a configuration is loaded
+        config = build_configuration(*rows)
+        for problem in config.problems:
+            if problem not in self._reported:
+                log.warning("configuration: %s", problem)
+        self._reported = set(config.problems)
+        if self.current is not None:
+            log.info("configuration changed: %d meters", len(config.meters))
+        self._rows, self.current = rows, config
+        return config
 
     def close(self) -> None:
         if self._conn is not None:

@@ -12,7 +12,7 @@ from .decode import decode_block_values
 from .modbus import BUSY_CODES, SPLIT_CODES, Endpoint, ExceptionReply, ModbusError
 from .model import Meter, ReadBlock
 from .plan import plan_reads, split_block
-from .sink import SeriesKeys, WriteError
+from .sink import SeriesKeys, WriteError, reading_lines
 
 log = logging.getLogger("poller")
 
@@ -329,8 +329,7 @@ class Poller:
         keys = self.keys.for_meter(meter)
         values, invalid = decode_block_values([(block, words) for block, words, _ in read])
         result.invalid.extend(invalid)
-        # line protocol inline (sink.line's format): one call less per reading
-        result.lines = [f"{keys[reg.id]} value={value!r} {read[index][2]}" for index, reg, value in values]
+        result.lines = reading_lines(keys, values, [time_ms for _, _, time_ms in read])
         result.readings = len(result.lines)
         result.duration_s = time.monotonic() - started
         return result

@@ -75,7 +75,6 @@ class Endpoint:
         self.connect_timeout = connect_timeout
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()  # one request in flight, whatever the caller does
-        self.requests = 0  # sent over the endpoint's lifetime
         self._last_reply = 0.0  # monotonic time the last request ended
 
     def __str__(self) -> str:
@@ -125,7 +124,6 @@ class Endpoint:
             call = client.read_input_registers
         else:  # pragma: no cover - FunctionCode has no other members
             raise AssertionError(f"refusing to send function code {block.function_code}")
-        self.requests += 1
         try:
             # asyncio.timeout, not wait_for: no extra task per request (wait_for was ~10 % of the
             # event loop's work at 1000 requests a cycle); pymodbus' own timeout fires first anyway.

@@ -151,13 +151,3 @@ class ReadBlock:
 
     def __str__(self) -> str:
         return f"fc{int(self.function_code)} {self.address}..{self.address + self.count - 1}"
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One decoded value of one meter, timestamped when it was read."""
-
-    meter: Meter
-    register: Register
-    value: float
-    time_ns: int

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, TextIO
 
-from .model import Meter, Reading, Register
+from .model import Meter, Register
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,15 @@ def status_key(meter: Meter) -> str:
     return _key("poller_status", meter_tags(meter))
 
 
-def line(key: str, value: float, time_ms: int) -> str:
-    """One line of line protocol; `value` must be finite (decode guarantees it)."""
-    return f"{key} value={value!r} {time_ms}"
+def reading_lines(keys: Mapping[int, str], decoded: Iterable[tuple[int, Register, float]],
+                  times_ms: Sequence[int]) -> list[str]:
+    """Line protocol for decoded values: `<series key> value=<float> <ms>`.
 
-
-def to_lines(readings: Iterable[Reading]) -> list[str]:
-    """Line protocol for readings (the slow, obvious way; see SeriesKeys for the fast one)."""
-    return [line(series_key(r.meter, r.register), r.value, r.time_ns // 1_000_000) for r in readings]
+    `keys`: series keys by register id (SeriesKeys.for_meter); `decoded`: (block
+    index, register, finite value) as decode_block_values gives them; `times_ms`:
+    when each block was read. Built in one comprehension: it runs per reading.
+    """
+    return [f"{keys[reg.id]} value={value!r} {times_ms[index]}" for index, reg, value in decoded]
 
 
 class SeriesKeys:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from dataclasses import replace
-
-import pytest
 
 from poller.cycle import Poller
 from poller.model import FunctionCode
@@ -22,17 +19,8 @@ def seed_registers(postgres, database):
     return config.device_types["virtual_meter"].registers
 
 
-@pytest.fixture
-def hung_device():
-    """Accepts TCP connections, never answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    yield sock.getsockname()[1]
-    sock.close()
 
-
-def test_failing_devices_are_reported_and_the_rest_of_the_cycle_goes_on(postgres, database, victoria, hung_device):
+def test_failing_devices_are_reported_and_the_rest_of_the_cycle_goes_on(postgres, database, victoria, hung_port):
     registers = seed_registers(postgres, database)
     device = make_device("virtual_meter", registers, 1)
     words = device.words()
@@ -48,7 +36,7 @@ def test_failing_devices_are_reported_and_the_rest_of_the_cycle_goes_on(postgres
             (2, '127.0.0.1', {gateway.port}, 9, 'virtual_meter'),
             (3, '127.0.0.1', {refused}, 1, 'virtual_meter'),
             (4, 'no-such-host.invalid', 502, 1, 'virtual_meter'),
-            (5, '127.0.0.1', {hung_device}, 1, 'virtual_meter'),
+            (5, '127.0.0.1', {hung_port}, 1, 'virtual_meter'),
             (6, '127.0.0.1', {gateway.port}, 2, 'virtual_meter');""")
     try:
         done = run_poller(["--once"], {**postgres.env(database), **victoria.env()})
@@ -60,7 +48,7 @@ def test_failing_devices_are_reported_and_the_rest_of_the_cycle_goes_on(postgres
     assert re.search(r"meter 2 .*unit 9.* failed: .*exception 11 \(gateway target device failed to respond\)", log)
     assert re.search(rf"meter 3 .* failed: cannot connect to 127.0.0.1:{refused}", log)
     assert re.search(r"meter 4 .* failed: cannot connect to no-such-host.invalid:502", log)
-    assert re.search(rf"meter 5 .* failed: no reply from 127.0.0.1:{hung_device} unit 1 .* within 0.5 s", log)
+    assert re.search(rf"meter 5 .* failed: no reply from 127.0.0.1:{hung_port} unit 1 .* within 0.5 s", log)
     assert "Traceback" not in log
 
     series = victoria.export(min_samples=23 + 6 * 5)

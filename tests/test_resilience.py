@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,14 +30,6 @@ def wait_until(predicate, timeout, what):
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
-
-@pytest.fixture
-def hung_port():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    yield sock.getsockname()[1]
-    sock.close()
 
 
 def test_healthy_meters_arrive_every_cycle_on_time_next_to_broken_ones(postgres, database, victoria, hung_port,
@@ -267,3 +258,20 @@ def test_a_health_port_in_use_stops_the_service_with_a_message(postgres, databas
         done = run_poller([], {**postgres.env(database), "POLL_HTTP_PORT": str(port)}, timeout=30)
     assert done.returncode == 2
     assert f"cannot serve /healthz and /metrics on 127.0.0.1:{port}" in done.stderr
+
+
+def test_the_service_waits_for_postgres_at_start_and_stops_cleanly(tmp_path):
+    port = free_port()
+    log = tmp_path / "poller.log"
+    env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(port), "POSTGRES_USER": "u", "POSTGRES_DB": "d",
+           "INFLUXDB_URL": "http://127.0.0.1:9"}
+    proc = start_module("poller", [], env, log)
+    try:
+        wait_until(lambda: "trying again in 5 s" in log.read_text(), 15, "the retry message")
+        assert proc.poll() is None  # still running, waiting for the database
+    finally:
+        rc = stop_process(proc)
+    text = log.read_text()
+    assert rc == 0, text
+    assert f"cannot read the configuration from PostgreSQL u@127.0.0.1:{port}/d" in text
+    assert "Traceback" not in text

@@ -17,7 +17,7 @@ from poller.config import ConfigError, ConfigSource
 from poller.model import Register
 from poller.settings import SettingsError, from_env, load_env_file
 
-from .device import VirtualDevice, make_device
+from .device import make_device
 from .server import ModbusTcpServer
 
 log = logging.getLogger("virtual_server")
@@ -88,13 +88,15 @@ async def serve(args: argparse.Namespace) -> int:
         return 0
     devices = {name: make_device(name, regs, args.seed) for name, regs in maps.items()}
 
-    def bank(dev: VirtualDevice):  # type: ignore[no-untyped-def]
-        words = dev.words()
-        return lambda: words if args.frozen else dev.words()
+    # what each type serves now, encoded once per step rather than once per request
+    served = {name: dev.words() for name, dev in devices.items()}
+
+    def bank(name: str):  # type: ignore[no-untyped-def]
+        return lambda: served[name]
 
     server = ModbusTcpServer(
-        units={uid: bank(devices[t]) for uid, t in unit_types.items()},
-        default=bank(devices[args.device_type]),
+        units={uid: bank(t) for uid, t in unit_types.items()},
+        default=bank(args.device_type),
         latency_s=args.latency_ms / 1000.0,
         strict=args.strict,
         log_requests=args.log_requests,
@@ -110,8 +112,9 @@ async def serve(args: argparse.Namespace) -> int:
             pass
         now = time.monotonic()
         if not args.frozen:
-            for dev in devices.values():
+            for name, dev in devices.items():
                 dev.step(now - last)
+                served[name] = dev.words()
         last = now
     await server.stop()
     log.info("stopped after %d requests", server.stats.requests)
