@@ -66,6 +66,29 @@ class ExceptionReply(ModbusError):
         super().__init__(f"unit {unit} answered {block} with exception {code} ({name})")
 
 
+def fail_pending_on_disconnect(client: AsyncModbusTcpClient) -> None:
+    """Make a request in flight fail at once when the device closes or resets the connection.
+
+    pymodbus notices the loss (connection_lost) but leaves the request's future
+    waiting until its timeout: a device that drops the link mid-request would
+    cost the full timeout and be reported as silent. Where this pymodbus has no
+    such hook, the timeout still ends the request.
+    """
+    ctx = getattr(client, "ctx", None)
+    original = getattr(ctx, "callback_disconnected", None)
+    if ctx is None or original is None:  # pragma: no cover - other pymodbus layouts
+        return
+
+    def disconnected(exc: Exception | None) -> None:
+        original(exc)
+        future = getattr(ctx, "response_future", None)
+        if isinstance(future, asyncio.Future) and not future.done():
+            future.set_exception(ConnectionResetError(
+                f"connection closed by the device{f' ({exc})' if exc else ''}"))
+
+    ctx.callback_disconnected = disconnected
+
+
 class Endpoint:
     """One host:port (a meter or a gateway fronting many unit ids)."""
 
@@ -96,6 +119,7 @@ class Endpoint:
         if not ok:
             client.close()
             raise ConnectError(f"cannot connect to {self} (refused, unreachable or name not resolved)")
+        fail_pending_on_disconnect(client)
         self._client = client
         return client
 
@@ -139,9 +163,9 @@ class Endpoint:
                 raise ResponseTimeout(
                     f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
             raise BadReply(f"{self} unit {unit}, {block}: {text}") from None
-        except (OSError, ConnectionError) as exc:
+        except OSError as exc:  # ConnectionError included: closed or reset by the device
             self.close()
-            raise BadReply(f"{self} unit {unit}, {block}: connection lost ({exc})") from None
+            raise BadReply(f"{self} unit {unit}, {block}: {exc}") from None
         if reply.isError():
             code = getattr(reply, "exception_code", None)
             if code is None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import struct
 from dataclasses import replace
 
+import pytest
+
 from poller.cycle import Poller
-from poller.model import FunctionCode
+from poller.modbus import BadReply, Endpoint, ModbusError
+from poller.model import FunctionCode, ReadBlock
 from tests.servers import ModbusServerThread, free_port
 from tests.test_end_to_end import run_poller
 from virtual_server.device import make_device
@@ -110,6 +115,46 @@ def test_a_block_with_a_refused_register_is_split_and_the_split_remembered(postg
     assert second.requests < asked_first
     holding = [k for k in server.stats.by_request if k[1] == int(FunctionCode.READ_HOLDING_REGISTERS)]
     assert (0, 3, 101, 1) in holding or (1, 3, 101, 1) in holding
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_a_device_dropping_the_connection_mid_request_fails_at_once_and_the_next_read_reconnects(how):
+    """The device reads the request, then resets (RST) or closes (FIN) the connection
+    instead of answering: the read fails with that reason, not after its timeout as
+    "no reply", and the next read opens a fresh connection that works."""
+    connections = []
+
+    async def device(reader, writer):
+        connections.append(writer)
+        request = await reader.readexactly(12)
+        if len(connections) == 1:
+            if how == "reset":
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                           struct.pack("ii", 1, 0))
+            writer.close()
+            return
+        tid, _, _, unit, fc, _address, count = struct.unpack(">HHHBBHH", request)
+        writer.write(struct.pack(">HHHBBB", tid, 0, 3 + 2 * count, unit, fc, 2 * count)
+                     + struct.pack(f">{count}H", *range(100, 100 + count)))
+        await writer.drain()
+
+    block = ReadBlock(FunctionCode.READ_HOLDING_REGISTERS, 0, 2, ())
+
+    async def two_reads():
+        server = await asyncio.start_server(device, "127.0.0.1", 0)
+        endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            with pytest.raises(ModbusError) as dropped:
+                await endpoint.read(block, 1, timeout=30)
+            return dropped.value, await endpoint.read(block, 1, timeout=30)
+        finally:
+            endpoint.close()
+            server.close()
+
+    error, words = asyncio.run(asyncio.wait_for(two_reads(), 20))
+    assert isinstance(error, BadReply), repr(error)
+    assert "connection closed by the device" in str(error)
+    assert words == [100, 101] and len(connections) == 2
 
 
 def test_influxdb_unreachable_is_named(postgres, database):
