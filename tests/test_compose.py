@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 PYTHON_SERVICES = ("poller", "virtual_server")
+TOKEN_SCRIPT = ROOT / "influxdb" / "init" / "10-service-tokens.sh"
 
 
 def read_env_file(path: Path = ROOT / ".dev.env") -> dict[str, str]:
@@ -110,8 +111,9 @@ def test_every_variable_a_service_reads_is_set(compose: dict[str, Any], dev_env:
     role_reads = env_names_in_shell(ROOT / "db" / "10-poller-role.sh")
     assert not role_reads - available("postgres"), sorted(role_reads - available("postgres"))
     # set by the influxdb image itself after setup
-    influx_reads = env_names_in_shell(ROOT / "influxdb" / "init" / "10-poller-token.sh") - {
-        "DOCKER_INFLUXDB_INIT_BUCKET_ID", "DOCKER_INFLUXDB_INIT_ORG_ID", "DOCKER_INFLUXDB_INIT_USER_ID"}
+    influx_reads = env_names_in_shell(TOKEN_SCRIPT) - {
+        "DOCKER_INFLUXDB_INIT_BUCKET_ID", "DOCKER_INFLUXDB_INIT_ORG_ID", "DOCKER_INFLUXDB_INIT_USER_ID",
+        "EMM_TOKEN_ROOT"}  # the last: tests only
     influx_reads |= {"DOCKER_INFLUXDB_INIT_MODE", "DOCKER_INFLUXDB_INIT_USERNAME", "DOCKER_INFLUXDB_INIT_PASSWORD",
                      "DOCKER_INFLUXDB_INIT_ORG", "DOCKER_INFLUXDB_INIT_BUCKET", "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"}
     assert not influx_reads - available("influxdb"), sorted(influx_reads - available("influxdb"))
@@ -193,20 +195,66 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
         assert grafana[provider["options"]["path"]] == "./grafana/dashboards:ro"
 
 
-def test_influxdb_token_for_the_poller(compose: dict[str, Any]) -> None:
-    """The poller writes with the write-only token that the influxdb init script leaves in a shared volume."""
-    influx, poller = compose["services"]["influxdb"], compose["services"]["poller"]
+GRAFANA_TOKEN_FILE = "/var/lib/emm-grafana-token/influxdb-read.token"
+
+
+def test_influxdb_tokens_for_the_poller_and_grafana(compose: dict[str, Any], dev_env: dict[str, str]) -> None:
+    """The poller writes and Grafana reads with their own tokens, which the influxdb init
+    script leaves in one volume each, mounted read-only by that service only."""
+    services = compose["services"]
+    influx, poller, grafana = services["influxdb"], services["poller"], services["grafana"]
     assert mounts(influx)["/docker-entrypoint-initdb.d"] == "./influxdb/init:ro"
-    script = ROOT / "influxdb" / "init" / "10-poller-token.sh"
-    assert script.stat().st_mode & stat.S_IXUSR, "the image runs only executable *.sh scripts"
-    assert "--write-bucket" in script.read_text() and "--read-bucket" not in script.read_text()
-    token_file = poller["environment"]["INFLUXDB_TOKEN_FILE"]
-    assert token_file in script.read_text().replace("$out_dir/", "/var/lib/emm-poller-token/")
-    token_dir = str(Path(token_file).parent)
-    assert mounts(poller)[token_dir].endswith(":ro")
-    assert mounts(poller)[token_dir].split(":")[0] == mounts(influx)[token_dir]
+    assert TOKEN_SCRIPT.stat().st_mode & stat.S_IXUSR, "the image runs only executable *.sh scripts"
     for name in ("bash", "sh"):
-        subprocess.run([name, "-n", str(script)], check=True)
+        subprocess.run([name, "-n", str(TOKEN_SCRIPT)], check=True)
+    datasource = yaml.safe_load((ROOT / "grafana/provisioning/datasources/influxdb.yaml").read_text())
+    header = datasource["datasources"][0]["secureJsonData"]["httpHeaderValue1"]
+    assert header == "Token $__file{" + GRAFANA_TOKEN_FILE + "}"
+    for svc, token_file in ((poller, poller["environment"]["INFLUXDB_TOKEN_FILE"]), (grafana, GRAFANA_TOKEN_FILE)):
+        token_dir = str(Path(token_file).parent)
+        volume = mounts(svc)[token_dir]
+        assert volume.endswith(":ro")
+        assert volume.split(":")[0] == mounts(influx)[token_dir]
+        holders = [n for n, other in services.items() if token_dir in mounts(other)]
+        assert sorted(holders) == sorted(["influxdb", next(n for n, s in services.items() if s is svc)])
+    # Grafana faces the network: it holds no credential but its own admin login.
+    secrets = {k for k in dev_env if re.search(r"PASSWORD|TOKEN|SECRET", k) and not k.startswith("GF_")}
+    assert secrets and all(grafana["environment"].get(k) == "" for k in secrets), grafana["environment"]
+
+
+def test_token_script_creates_a_write_token_and_a_read_token(tmp_path: Path, compose: dict[str, Any],
+                                                              dev_env: dict[str, str]) -> None:
+    """Run the init script with a stand-in `influx` CLI (InfluxDB 2 is not installable here)
+    that answers `auth create --json` as influx 2.7 does: each service's file holds its
+    own token, with the permission that service needs and no other."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    (bindir / "influx").write_text(
+        "#!/bin/sh\n"
+        f"echo \"$*\" >> {calls}\n"
+        "n=$(wc -l < " + str(calls) + ")\n"
+        'printf \'{\\n\\t"id": "0a1b",\\n\\t"token": "tok-%s==",\\n\\t"status": "active"\\n}\\n\' "$n"\n')
+    (bindir / "influx").chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "EMM_TOKEN_ROOT": str(tmp_path / "root"),
+           "DOCKER_INFLUXDB_INIT_ORG": dev_env["DOCKER_INFLUXDB_INIT_ORG"],
+           "DOCKER_INFLUXDB_INIT_BUCKET": dev_env["DOCKER_INFLUXDB_INIT_BUCKET"],
+           "DOCKER_INFLUXDB_INIT_BUCKET_ID": "b0c1d2e3f4a5b6c7"}
+    run = subprocess.run([str(TOKEN_SCRIPT)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    poller_file = tmp_path / "root" / compose["services"]["poller"]["environment"]["INFLUXDB_TOKEN_FILE"].lstrip("/")
+    grafana_file = tmp_path / "root" / GRAFANA_TOKEN_FILE.lstrip("/")
+    assert poller_file.read_text() == "tok-1==" and grafana_file.read_text() == "tok-2=="
+    for path in (poller_file, grafana_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    write, read = calls.read_text().splitlines()
+    assert "--write-bucket b0c1d2e3f4a5b6c7" in write and "--read" not in write
+    assert "--read-bucket b0c1d2e3f4a5b6c7" in read and "--write" not in read
+    assert all(f"--org {dev_env['DOCKER_INFLUXDB_INIT_ORG']}" in c for c in (write, read))
+
+    (bindir / "influx").write_text("#!/bin/sh\necho 'Error: unauthorized access'\n")
+    failed = subprocess.run([str(TOKEN_SCRIPT)], env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 and "no token in: Error: unauthorized access" in failed.stderr
 
 
 def test_simulator_answers_at_the_seed_meters_address(compose: dict[str, Any]) -> None:
