@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -318,3 +319,47 @@ class GarbageServer:
 
     async def stop(self) -> None:
         self._server.close()
+
+
+def _dockerignore_pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore line as a regex over paths relative to the context root
+    (Go filepath.Match per segment, `**` for any number of segments)."""
+    pattern = pattern.strip().strip("/")
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out + "$")
+
+
+def docker_build_context(dest: Path) -> Path:
+    """Copy what `docker build` with the repository root as context would send: the
+    checked-out files minus what .dockerignore excludes (a path is out when it or one
+    of its parent folders matches). No `!` exceptions: the file has none (asserted)."""
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns), "extend docker_build_context for '!' patterns"
+    regexes = [_dockerignore_pattern(p) for p in patterns]
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+        if any(rx.match(p) for rx in regexes for p in prefixes) or not (ROOT / rel).exists():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    return dest

@@ -9,6 +9,7 @@ scripts/run-native runs.
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import subprocess
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.servers import docker_build_context
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -290,6 +293,29 @@ def test_commands_match_the_native_run_and_dockerfiles(compose: dict[str, Any]) 
     text = (ROOT / "scripts" / "run-native").read_text()
     assert '"${SIMULATOR_CMD[@]}" --host 127.0.0.1 --port "$sim_port"' in text
     assert re.search(r'^"\$\{POLLER_CMD\[@\]\}" >', text, re.M)
+
+
+def test_image_build_context_installs_the_services(tmp_path: Path, compose: dict[str, Any]) -> None:
+    """What the Dockerfiles do, without Docker: from the build context (.dockerignore
+    applied), `pip install .` gives both packages, and each container's command is there.
+    (tests/test_dashboards.py runs both services from such a context.)"""
+    context = docker_build_context(tmp_path / "context")
+    for secret in (".dev.env", ".git", ".venv", "tests"):
+        assert not (context / secret).exists(), f"{secret} would be in the images"
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                              "--target", str(site), "."], cwd=context, capture_output=True, text=True)
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    for name in PYTHON_SERVICES:
+        command = compose["services"][name]["command"]
+        assert os.access(context / command[0], os.X_OK), f"{command[0]} is not in the {name} image"
+        where = subprocess.run([sys.executable, "-c", f"import {name}; print({name}.__file__)"], cwd=tmp_path,
+                               env=env, capture_output=True, text=True, check=True).stdout
+        assert where.startswith(str(site)), f"{name} imported from {where}, not from the installed package"
+        helped = subprocess.run([sys.executable, "-m", name, "--help"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True)
+        assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr
 
 
 @pytest.mark.parametrize("service", PYTHON_SERVICES)

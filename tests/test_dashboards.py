@@ -29,6 +29,8 @@ import psycopg2
 import pytest
 import yaml
 
+from tests.servers import docker_build_context
+
 ROOT = Path(__file__).resolve().parents[1]
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DASHBOARDS = ROOT / "grafana" / "dashboards"
@@ -134,8 +136,19 @@ def units(postgres: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def line_protocol(postgres: dict[str, str]) -> list[str]:
-    """What the poller printed in three dry-run cycles against the simulator."""
+def image_context() -> Iterator[Path]:
+    """The files the service images are built from (.dockerignore applied): the services
+    below run from there, as in their containers (WORKDIR /app = the build context)."""
+    base = Path(tempfile.mkdtemp(prefix="emm-context-"))
+    yield docker_build_context(base)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def line_protocol(postgres: dict[str, str], image_context: Path) -> list[str]:
+    """What the poller printed in three dry-run cycles against the simulator, both
+    started with their containers' command, from the image's build context, with
+    .dev.env as their environment (compose's env_file) and no .dev.env file."""
     sim_port = free_port()
     with admin_connect(postgres) as conn, conn.cursor() as cur:
         cur.execute("UPDATE energy_meters SET host = '127.0.0.1', port = %s WHERE host = 'virtual_modbustcp_server'",
@@ -144,9 +157,10 @@ def line_protocol(postgres: dict[str, str]) -> list[str]:
         cur.execute("INSERT INTO energy_meters (host, port, slave_address, type, description) "
                     "VALUES ('127.0.0.1', %s, 2, 'virtual_meter', 'Second meter')", (sim_port,))
     env = {**os.environ, **postgres, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    sim = subprocess.Popen([str(ROOT / "scripts" / "service-env"), "python", "-m", "virtual_server",
+    assert not (image_context / ".dev.env").exists()
+    sim = subprocess.Popen([str(image_context / "scripts" / "service-env"), "python", "-m", "virtual_server",
                             "--host", "127.0.0.1", "--port", str(sim_port), "--seed", "7"],
-                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           cwd=image_context, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_port(sim_port, sim, "the simulator")
         lines: list[str] = []
@@ -156,8 +170,8 @@ def line_protocol(postgres: dict[str, str]) -> list[str]:
                 time.sleep(10.1 - time.time() % 10)
             elif cycle:
                 time.sleep(1.1)
-            run = subprocess.run([str(ROOT / "scripts" / "service-env"), "python", "-m", "poller",
-                                  "--once", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+            run = subprocess.run([str(image_context / "scripts" / "service-env"), "python", "-m", "poller",
+                                  "--once", "--dry-run"], cwd=image_context, env=env, capture_output=True,
                                  text=True, timeout=60)
             assert run.returncode == 0, run.stderr
             lines += [ln for ln in run.stdout.splitlines() if ln.strip()]

@@ -30,7 +30,7 @@
 --         documented values (sdm_modbus reads 0x00..0x4E and 0xC8..0x10C as
 --         single requests), so a wide max_gap is safe and lets the planner
 --         read this whole map in three requests:
---             fc4 0..79 (80 registers), fc4 200..251 (52), fc4 342..365 (24).
+--             fc4 0..79 (80 registers), fc4 200..251 (52), fc4 342..363 (22).
 --         Values this map deliberately leaves out (demand values 0x54..0x6A)
 --         would push the first block past 80 registers and cost a fourth
 --         request.
