@@ -528,7 +528,7 @@ class SpoolingSink:
             log.debug("InfluxDB at %s still unreachable, next attempt in %.0f s: %s", self.url, wait, exc)
             return None
 
-    def _answered(self, points: int) -> None:
+    def _answered(self) -> None:
         with self._state:
             self._delay = self.retry_initial_s
             self._next_attempt = 0.0
@@ -536,10 +536,10 @@ class SpoolingSink:
                 self._outage.answered = True
                 if self._outage.earlier_run:
                     log.info("InfluxDB at %s answers: sending %d points left in the spool, oldest first",
-                             self.url, points + self.spool.pending_points)
+                             self.url, self.spool.pending_points)
                 else:
                     log.info("InfluxDB at %s answers again after %.0f s: sending %d spooled points, oldest first",
-                             self.url, time.monotonic() - self._outage.since, points + self.spool.pending_points)
+                             self.url, time.monotonic() - self._outage.since, self.spool.pending_points)
 
     def _drained(self) -> None:
         with self._state:
@@ -599,6 +599,6 @@ class SpoolingSink:
                           self.url, batch.points, exc, where)
                 self.spool.ack(batch)  # after the dead-letter entry is on disk
                 continue
+            self._answered()  # before the ack, so the count includes this batch
             self.spool.ack(batch)
             self.replayed_points += batch.points
-            self._answered(batch.points)

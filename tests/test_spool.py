@@ -161,7 +161,9 @@ def test_new_readings_never_overtake_spooled_ones(tmp_path, caplog):
             assert 1 <= len(inner.attempts) - attempts_down <= 4  # backing off, not hammering
             inner.down.clear()
             sink.write(batch(6))  # while the spool is not empty: behind it
-            wait_for(lambda: sink.spool_points == 0)
+            # the replay thread says so when it has sent the last spooled batch
+            wait_for(lambda: any(r.message.startswith("spool drained") for r in caplog.records))
+            assert sink.spool_points == 0
             sink.write(batch(7))  # straight through again
     finally:
         sink.close()
