@@ -310,7 +310,7 @@ def test_provisioning_parses_and_uids_resolve() -> None:
     assert ds["jsonData"]["dbName"] == "$INFLUXDB_BUCKET"
     assert ds["url"] == "$INFLUXDB_URL"
     assert ds["jsonData"]["httpHeaderName1"] == "Authorization"
-    assert ds["secureJsonData"]["httpHeaderValue1"].startswith("Token $__file{")  # test_compose: whose
+    assert ds["secureJsonData"]["httpHeaderValue1"].startswith("Token $__file{")  # which file: test_compose.py
 
     providers = [p for f in sorted((PROVISIONING / "dashboards").glob("*.y*ml"))
                  for p in yaml.safe_load(f.read_text())["providers"]]
