@@ -210,10 +210,6 @@ class Spool:
     def dead_letter_path(self) -> Path:
         return self.dir / DEAD_LETTER_FILE
 
-    def segment_paths(self) -> list[Path]:
-        with self._lock:
-            return [s.path for s in self._segments]
-
     def _fd(self, seg: Segment) -> int:
         if seg.fd is None:
             seg.fd = os.open(seg.path, os.O_RDWR)
