@@ -10,14 +10,16 @@ import struct
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller.modbus import Endpoint, ModbusError
-from poller.model import DataType, FunctionCode, ReadBlock, Register
+from poller.modbus import BadReply, Endpoint, ExceptionReply, ModbusError
+from poller.model import FunctionCode, ReadBlock
 from tests.servers import GarbageServer, ModbusServerThread, free_port, start_module, stop_process
 from tests.test_faults import seed_registers
+from tests.test_modbus import AsyncioTrouble
 from virtual_server.device import make_device
 from virtual_server.server import ModbusTcpServer
 
@@ -81,63 +83,113 @@ def test_healthy_meters_arrive_every_cycle_on_time_next_to_broken_ones(postgres,
 
 
 class ScriptedReplies:
-    """A Modbus TCP peer that answers each request with bytes a test chooses."""
+    """A Modbus TCP peer that answers a request with its correct reply changed by `corrupt`,
+    then closes the connection (so a reply cut short fails at once, not at the timeout).
+    `sent` is the bytes it sent, `good` the correct reply they were made from."""
 
-    def __init__(self):
-        self.reply = b""
-        self.mode = "raw"
+    def __init__(self, words, corrupt):
+        self.words = words
+        self.corrupt = corrupt
+        self.good = self.sent = None
         self.handlers = set()
 
     async def serve(self, reader, writer):
         self.handlers.add(asyncio.current_task())
         try:
-            while True:
-                header = await reader.readexactly(7)
-                tid, _, length, unit = struct.unpack(">HHHB", header)
-                await reader.readexactly(length - 1)
-                if self.mode == "raw":
-                    writer.write(self.reply)
-                else:
-                    tid = tid if self.mode == "framed" else (tid + 1) & 0xFFFF
-                    writer.write(struct.pack(">HHHB", tid, 0, len(self.reply) + 1, unit) + self.reply)
-                await writer.drain()
+            tid, _, _, unit, fc, _address, count = struct.unpack(">HHHBBHH", await reader.readexactly(12))
+            self.good = struct.pack(f">HHHBBB{count}H", tid, 0, 3 + 2 * count, unit, fc, 2 * count,
+                                    *self.words[:count])
+            self.sent = self.corrupt(self.good)
+            writer.write(self.sent)
+            await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
 
 
-BLOCK = ReadBlock(FunctionCode.READ_HOLDING_REGISTERS, 0, 2,
-                  (Register(1, "t", 0, "v", None, DataType.FLOAT32, FunctionCode.READ_HOLDING_REGISTERS),))
+def corruptions():
+    """Mostly none: each is a function of the correct reply."""
+    def at(reply, p):
+        return p % max(len(reply), 1)
+
+    return st.one_of(
+        st.just(lambda good: good),  # as sent by a healthy device (with one_of, about half of all)
+        st.one_of(
+            st.builds(lambda p, mask: lambda g: g[:at(g, p)] + bytes([g[at(g, p)] ^ mask]) + g[at(g, p) + 1:],
+                      st.integers(0, 300), st.integers(1, 255)),  # a flipped byte, header or words
+            st.builds(lambda p, v: lambda g: g[:p] + bytes([v]) + g[p + 1:],
+                      st.integers(0, 8), st.integers(0, 255)),  # a header byte set to any value
+            st.builds(lambda p: lambda g: g[:at(g, p)], st.integers(0, 300)),  # cut short
+            st.builds(lambda b: lambda g: g + b, st.binary(min_size=1, max_size=20)),  # bytes after it
+            st.builds(lambda p, b: lambda g: g[:at(g, p)] + b + g[at(g, p):],
+                      st.integers(0, 300), st.binary(min_size=1, max_size=4)),  # bytes inside it
+            st.builds(lambda p: lambda g: g[:at(g, p)] + g[at(g, p) + 1:], st.integers(0, 300)),  # a byte lost
+            st.builds(lambda b: lambda g: b, st.binary(max_size=40)),  # no reply at all, just bytes
+            st.builds(lambda code: lambda g: g[:4] + b"\x00\x03" + g[6:7] + bytes([g[7] | 0x80, code]),
+                      st.integers(0, 255)),  # an exception reply
+        ),
+    )
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.sampled_from(["raw", "framed", "wrong_tid"]),
-       st.one_of(st.binary(max_size=40), st.builds(lambda n, b: bytes([3, n]) + b, st.integers(0, 255),
-                                                   st.binary(max_size=12))))
-def test_random_replies_never_crash_the_poller(mode, reply):
-    peer = ScriptedReplies()
-    peer.mode, peer.reply = mode, reply
+def expected_outcome(sent, good):
+    """What a strict client must make of `sent`, worked out from the MBAP layout alone."""
+    if len(sent) == len(good) and sent[:9] == good[:9]:
+        return "accepted"
+    if len(sent) == 9 and sent[:4] == good[:4] and sent[4:6] == b"\x00\x03" and sent[6:8] == bytes(
+            [good[6], good[7] | 0x80]):
+        return "exception"
+    return "bad_reply"
 
-    async def exchange():
-        server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
-        endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
-        try:
-            try:
-                words = await endpoint.read(BLOCK, 1, timeout=0.01)
-            except ModbusError:
-                return
-            # accepted only a reply of the right transaction with the words asked for
-            # (pymodbus reads byte_count // 2 registers, so a count of 5 passes as 2 registers)
-            assert mode == "framed" and reply[0] == 3 and reply[1] // 2 == 2 and len(reply) >= 6
-            assert words == list(struct.unpack(">2H", reply[2:6]))
-        finally:
-            endpoint.close()
-            server.close()
-            await asyncio.wait(peer.handlers, timeout=1)  # the peer sees the close and ends
-            await server.wait_closed()
 
-    asyncio.run(exchange())
+def test_random_replies_never_crash_the_poller():
+    """Replies, mostly correct and otherwise corrupted at random, to a read: every reply is
+    either accepted with exactly the words it carried (when it is a well-formed reply to that
+    request), an exception reply, or refused as a bad reply; never anything else."""
+    outcomes = Counter()
+
+    @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(list(FunctionCode)), st.integers(0, 255),
+           st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=12), corruptions())
+    def one_reply(fc, unit, words, corrupt):
+        peer = ScriptedReplies(words, corrupt)
+        block = ReadBlock(fc, 100, len(words), ())
+
+        async def exchange():
+            with AsyncioTrouble(collect=False) as trouble:  # nothing logged, whatever the reply
+                server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
+                endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+                try:
+                    got = await endpoint.read(block, unit, timeout=5)  # long: a complete reply is never late
+                except ModbusError as exc:
+                    got = exc
+                finally:
+                    endpoint.close()
+                    server.close()
+                    await asyncio.wait(peer.handlers, timeout=1)  # the peer sees the close and ends
+                    await server.wait_closed()
+            trouble.check()
+            return got
+
+        got = asyncio.run(exchange())
+        expected = expected_outcome(peer.sent, peer.good)
+        if expected == "accepted":
+            assert got == list(struct.unpack(f">{len(words)}H", peer.sent[9:])), (peer.sent, got)
+        elif expected == "exception":
+            assert isinstance(got, ExceptionReply) and got.code == peer.sent[8], (peer.sent, got)
+        else:
+            assert isinstance(got, BadReply), (peer.sent, got)  # at once: never a timeout
+        outcomes[expected] += 1
+        outcomes["changed"] += peer.sent != peer.good
+
+    one_reply()
+    total = sum(outcomes[k] for k in ("accepted", "exception", "bad_reply"))
+    # the assertions above were reached: most replies were accepted and checked word for word
+    assert outcomes["accepted"] >= total / 3, outcomes
+    assert outcomes["bad_reply"] >= total / 5, outcomes
+    assert outcomes["exception"] >= 10, outcomes
+    # flipped bytes among the words are still well-formed replies: accepted with what was sent
+    assert outcomes["changed"] > outcomes["bad_reply"] + outcomes["exception"], outcomes
 
 
 def test_configuration_changes_take_effect_within_a_cycle_and_survive_a_postgres_restart(
