@@ -73,10 +73,13 @@ def apply_scaling(register: Register, raw: int | float, scale_factor: int | None
         raise DecodeError(f"{register.measurement}: not available (raw {raw})")
     if isinstance(raw, float) and not math.isfinite(raw):
         raise DecodeError(f"{register.measurement}: {raw} cannot be stored")
-    value = _scaled(raw, register.scale)
-    if scale_factor:
-        value = value * 10 ** scale_factor if scale_factor > 0 else value / 10 ** -scale_factor
-    value += register.offset
+    try:  # store.py keeps scales in 1e-9..1e9; this holds for any finite Register all the same
+        value = _scaled(raw, register.scale)
+        if scale_factor:
+            value = value * 10 ** scale_factor if scale_factor > 0 else value / 10 ** -scale_factor
+        value += register.offset
+    except ArithmeticError as exc:  # OverflowError, ZeroDivisionError: not a value to store
+        raise DecodeError(f"{register.measurement}: raw {raw} cannot be scaled ({exc})") from None
     if not math.isfinite(value):
         raise DecodeError(f"{register.measurement}: scaled value {value} cannot be stored")
     return float(value)
@@ -90,11 +93,12 @@ def _scaled(raw: int | float, scale: float) -> float:
     """
     if scale == 1:
         return float(raw)
-    if -1 < scale < 1:
+    if -1 < scale < 1 and scale != 0:
         inverse = 1 / scale
-        rounded = round(inverse)
-        if rounded and abs(inverse - rounded) < 1e-9 * abs(inverse):
-            return raw / rounded
+        if math.isfinite(inverse):  # a scale of 1e-320 has no finite inverse: multiply instead
+            rounded = round(inverse)
+            if rounded and abs(inverse - rounded) < 1e-9 * abs(inverse):
+                return raw / rounded
     return raw * scale
 
 

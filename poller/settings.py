@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from croniter import croniter
+from .schedule import CronError, validate_cron
 
 DEFAULT_POLL_CRON = "* * * * * */10"  # every 10 seconds (sixth field = seconds)
 
@@ -37,6 +37,7 @@ class Settings:
     spool_dir: str = "spool"  # relative to the working directory; compose: /var/lib/emm/spool
     spool_max_mb: int = 512
     spool_retry_max_s: int = 60
+    write_buffer_points: int = 100_000  # readings held in memory before they go to the spool
 
     def postgres_dsn(self) -> dict[str, object]:
         return {
@@ -64,15 +65,6 @@ def load_env_file(path: str | os.PathLike[str] = ".dev.env") -> bool:
     return load_dotenv(path, override=False)
 
 
-def validate_cron(expr: str, what: str) -> str:
-    expr = expr.strip()
-    if not croniter.is_valid(expr):
-        raise SettingsError(
-            f"{what} {expr!r} is not a crontab expression "
-            "(5 fields, or 6 with seconds last, e.g. '* * * * * */10' = every 10 s)")
-    return expr
-
-
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
 
@@ -93,6 +85,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     url = get("INFLUXDB_URL", Settings.influxdb_url)
     if not url.startswith(("http://", "https://")):
         raise SettingsError(f"INFLUXDB_URL={url!r} must start with http:// or https://")
+    try:  # schedule.py owns cron: 5 or 6 fields, croniter-valid, and it must fire
+        poll_cron = validate_cron(get("POLL_CRON", DEFAULT_POLL_CRON), "POLL_CRON")
+    except CronError as exc:
+        raise SettingsError(str(exc)) from None
     return Settings(
         postgres_host=get("POSTGRES_HOST", Settings.postgres_host),
         postgres_port=get_int("POSTGRES_PORT", Settings.postgres_port, 1, 65535),
@@ -103,7 +99,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         influxdb_token=env.get("INFLUXDB_TOKEN", ""),
         influxdb_org=get("INFLUXDB_ORG", Settings.influxdb_org),
         influxdb_bucket=get("INFLUXDB_BUCKET", Settings.influxdb_bucket),
-        poll_cron=validate_cron(get("POLL_CRON", DEFAULT_POLL_CRON), "POLL_CRON"),
+        poll_cron=poll_cron,
         max_parallel_endpoints=get_int("POLL_MAX_PARALLEL", Settings.max_parallel_endpoints, 1, 10000),
         http_host=get("POLL_HTTP_HOST", Settings.http_host),
         http_port=get_int("POLL_HTTP_PORT", Settings.http_port, 0, 65535),
@@ -112,4 +108,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         spool_dir=get("POLL_SPOOL_DIR", Settings.spool_dir),
         spool_max_mb=get_int("POLL_SPOOL_MAX_MB", Settings.spool_max_mb, 1, 1_000_000),
         spool_retry_max_s=get_int("POLL_SPOOL_RETRY_MAX_S", Settings.spool_retry_max_s, 1, 3600),
+        write_buffer_points=get_int("POLL_WRITE_BUFFER", Settings.write_buffer_points, 1000, 10_000_000),
     )

@@ -1,12 +1,18 @@
-"""Which meters are due when."""
+"""Which meters are due when, and which crontab expressions are accepted at all."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from croniter import CroniterBadDateError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from poller.model import DataType, DeviceType, FunctionCode, Meter, Register
-from poller.schedule import Schedule
-from poller.settings import DEFAULT_POLL_CRON
+from poller.schedule import IDLE, CronError, Schedule, cron_interval_s, validate_cron
+from poller.settings import DEFAULT_POLL_CRON, SettingsError, from_env
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 DTYPE = DeviceType("t", (Register(1, "t", 0, "v", "V", DataType.INT16, FunctionCode.READ_HOLDING_REGISTERS),))
@@ -49,3 +55,159 @@ def test_missed_ticks_are_not_replayed():
     late = tick + timedelta(seconds=5, milliseconds=300)  # the process stalled for 5 s
     s.fire(tick, late)
     assert s.next_tick([meter(1)], late) == tick + timedelta(seconds=6)
+
+
+# --- cron owned by one module: validate_cron -------------------------------------------------
+
+@pytest.mark.parametrize(("expr", "normalised"), [
+    ("*/5 * * * *", "*/5 * * * *"),
+    ("  * * * * * */10 ", "* * * * * */10"),
+    ("0  12 * *\t1-5", "0 12 * * 1-5"),
+    ("0 0 29 2 *", "0 0 29 2 *"),  # fires in leap years: rare, not never
+    ("0 0 L 2 *", "0 0 L 2 *"),
+])
+def test_crons_that_fire_are_accepted_and_normalised(expr, normalised):
+    assert validate_cron(expr, "POLL_CRON") == normalised
+
+
+@pytest.mark.parametrize(("expr", "reason"), [
+    ("0 0 30 2 *", "never fires: no date matches it"),  # 30 February
+    ("0 0 31 4 *", "never fires: no date matches it"),  # 31 April
+    ("0 0 31 2,4,6 *", "never fires"),
+    ("0 0 1 1 1#5", "never fires"),  # a fifth Monday on 1 January
+    ("* * * * * * *", "it has 7 fields (a year field is not supported)"),
+    ("0 0 1 1 * 0 2099", "it has 7 fields"),
+    ("@daily", "it has 1 field"),
+    ("", "it has 0 fields"),
+    ("every minute", "it has 2 fields"),
+    ("* * * * * 61", "is not a crontab expression (5 fields, or 6 with seconds last"),
+    ("*/0 * * * *", "is not a crontab expression"),
+    ("* * * * mon#6", "is not a crontab expression"),
+])
+def test_crons_that_cannot_be_used_are_refused_with_a_message(expr, reason):
+    with pytest.raises(CronError) as info:
+        validate_cron(expr, "poll_cron")
+    message = str(info.value)
+    assert message.startswith(f"poll_cron {' '.join(expr.split())!r} ") and reason in message
+    if "never fires" in reason:
+        assert "choose a day that exists" in message  # says what to do
+
+
+@pytest.mark.parametrize("expr", ["0 0 30 2 *", "* * * * * * *", "nope"])
+def test_poll_cron_that_cannot_be_used_is_a_settings_error(expr):
+    with pytest.raises(SettingsError, match=r"^POLL_CRON '.*' (never fires|is not a crontab expression)"):
+        from_env({"POLL_CRON": expr})
+    assert from_env({"POLL_CRON": " */2  * * * * "}).poll_cron == "*/2 * * * *"
+
+
+def test_cron_interval():
+    assert cron_interval_s("* * * * * */10") == 10
+    assert cron_interval_s("*/15 * * * *") == 900
+    assert cron_interval_s("0 0 30 2 *") == float("inf")  # never validated: no interval, no exception
+
+
+# --- Schedule never raises; what stops firing is dropped, said once ---------------------------
+
+NEVER = "0 0 30 2 *"
+
+
+def test_an_expression_that_never_fires_is_dropped_once_and_the_rest_goes_on(caplog):
+    s = Schedule(DEFAULT_POLL_CRON)
+    meters = [meter(1), meter(2, NEVER), meter(3, "* * * * * */15")]
+    with caplog.at_level(logging.ERROR, logger="poller.schedule"):
+        ticks = run(s, meters, T0, T0 + timedelta(seconds=30))
+    assert ticks == [(T0 + timedelta(seconds=10), [1]), (T0 + timedelta(seconds=15), [3]),
+                     (T0 + timedelta(seconds=20), [1]), (T0 + timedelta(seconds=30), [1, 3])]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and repr(NEVER) in errors[0] and "not polled until" in errors[0]
+
+
+def test_a_dropped_expression_is_tried_again_once_it_was_out_of_the_configuration(caplog):
+    s = Schedule(DEFAULT_POLL_CRON)
+    with caplog.at_level(logging.ERROR, logger="poller.schedule"):
+        s.next_tick([meter(2, NEVER)], T0)
+        s.next_tick([meter(2, NEVER)], T0)
+        s.next_tick([], T0)  # the meter's cron was changed away ...
+        s.next_tick([meter(2, NEVER)], T0)  # ... and back: a new configuration, said again
+    assert sum(r.levelno == logging.ERROR for r in caplog.records) == 2
+
+
+def test_an_expression_that_stops_firing_later_is_dropped_in_fire(monkeypatch, caplog):
+    import poller.schedule as schedule_module
+
+    real = schedule_module._next_fire
+    calls = {"n": 0}
+
+    def next_fire(expr, after):
+        if expr == "* * * * * */15":
+            calls["n"] += 1
+            if calls["n"] > 1:  # fires once, then croniter finds nothing more
+                raise CroniterBadDateError("failed to find next date")
+        return real(expr, after)
+
+    monkeypatch.setattr(schedule_module, "_next_fire", next_fire)
+    meters = [meter(1), meter(3, "* * * * * */15")]
+    with caplog.at_level(logging.ERROR, logger="poller.schedule"):
+        ticks = run(Schedule(DEFAULT_POLL_CRON), meters, T0, T0 + timedelta(seconds=40))
+    assert ticks == [(T0 + timedelta(seconds=10), [1]), (T0 + timedelta(seconds=15), [3]),
+                     (T0 + timedelta(seconds=20), [1]), (T0 + timedelta(seconds=30), [1]),
+                     (T0 + timedelta(seconds=40), [1])]
+    assert sum(r.levelno == logging.ERROR for r in caplog.records) == 1
+
+
+def test_with_nothing_left_that_fires_the_schedule_idles_instead_of_raising():
+    s = Schedule(NEVER)
+    tick = s.next_tick([meter(1)], T0)
+    assert tick == T0 + IDLE
+    assert s.fire(tick, tick) == frozenset()
+    assert s.due([meter(1)], frozenset()) == []
+
+
+CRON_TOKENS = st.sampled_from(["*", "*/0", "*/7", "0", "1", "29", "30", "31", "2", "4", "L", "1#5", "mon#6",
+                               "61", "-1", "1-5", "5-1", "a", "?", "H", "W", "15W", "", "@daily", "@reboot",
+                               "1,2", "0-59/15", "\n", "Infinity"])
+CRONS = st.one_of(st.lists(CRON_TOKENS, min_size=0, max_size=8).map(" ".join), st.text(max_size=30))
+
+
+@settings(max_examples=300, deadline=None)
+@given(default=CRONS, crons=st.lists(st.one_of(st.none(), CRONS), max_size=5),
+       steps=st.lists(st.integers(0, 4000), min_size=1, max_size=6))
+def test_schedule_never_raises_whatever_it_is_given(default, crons, steps):
+    s = Schedule(default)
+    meters = [meter(i, cron) for i, cron in enumerate(crons)]
+    now = T0
+    for step in steps:
+        tick = s.next_tick(meters, now)
+        assert tick > now
+        due = s.due(meters, s.fire(tick, tick))
+        assert all(m.enabled for m in due)
+        now = tick + timedelta(milliseconds=step)
+    # and whatever validate_cron accepts, it keeps firing
+    for expr in [default, *[c for c in crons if c]]:
+        try:
+            ok = validate_cron(expr, "x")
+        except CronError:
+            continue
+        t = Schedule(ok).next_tick([], T0)
+        assert T0 < t < T0 + IDLE * 60 * 24 * 366 * 30
+
+
+# --- a new or changed per-meter cron is due at its first slot after it is introduced ---------
+
+def test_a_new_per_meter_cron_is_due_at_its_first_slot_after_the_change_is_seen():
+    s = Schedule("*/1 * * * *")  # POLL_CRON: once a minute
+    old = [meter(1)]
+    assert s.next_tick(old, T0) == T0 + timedelta(minutes=1)
+    # 12:00:26.5: the configuration changes (meter 2 every 3 s); the loop asks again with it
+    seen = T0 + timedelta(seconds=26, milliseconds=500)
+    new = [meter(1), meter(2, "* * * * * */3")]
+    tick = s.next_tick(new, seen)
+    assert tick == T0 + timedelta(seconds=27)
+    assert [m.id for m in s.due(new, s.fire(tick, tick))] == [2]
+    # its cron changed again at 12:00:28.2 (every 5 s): the first slot of the new one is 12:00:30
+    seen = T0 + timedelta(seconds=28, milliseconds=200)
+    changed = [meter(1), meter(2, "* * * * * */5")]
+    tick = s.next_tick(changed, seen)
+    assert tick == T0 + timedelta(seconds=30)
+    assert [m.id for m in s.due(changed, s.fire(tick, tick))] == [2]
+    assert s.next_tick(changed, tick) == T0 + timedelta(seconds=35)
