@@ -1,24 +1,19 @@
 """InfluxDB away: readings wait in the spool and arrive exactly once, in order, when it is back.
 
 Real processes (PostgreSQL, the simulator, the poller, VictoriaMetrics) for the outage
-and the crash; a scripted HTTP server for the answers a real server will not give on
-demand (503, 429 with Retry-After, 400, 401).
+and the crash. The answers a real server will not give on demand (503, 429 with
+Retry-After, 400, 401, slow, hung) are scripted in test_outbox.py and test_service_faults.py.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-import logging
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from poller.sink import InfluxSink, WriteError
-from poller.spool import SEGMENT_PREFIX, Spool, SpoolingSink
+from poller.spool import SEGMENT_PREFIX
 from tests.servers import start_module, stop_process
 from tests.test_end_to_end import SEED, seed_map, simulator  # noqa: F401 - simulator is a fixture
 from virtual_server.device import make_device
@@ -93,7 +88,7 @@ def check_exactly_once(victoria, postgres, database, n_cycles: int) -> dict[str,
     return stamps
 
 
-def test_a_minute_without_influxdb_loses_and_duplicates_nothing(postgres, database, simulator, victoria,  # noqa: F811
+def test_twenty_seconds_without_influxdb_lose_and_duplicate_nothing(postgres, database, simulator, victoria,  # noqa: F811
                                                                  tmp_path):
     spool_dir = tmp_path / "spool"
     log = tmp_path / "poller.log"
@@ -103,7 +98,7 @@ def test_a_minute_without_influxdb_loses_and_duplicates_nothing(postgres, databa
         victoria.stop()
         down_ms, down = int(time.time() * 1000), time.monotonic()
         text = wait_for_log(log, "unreachable: spooling to", proc)
-        while time.monotonic() - down < 61:
+        while time.monotonic() - down < 21:  # several retries, backed off up to POLL_SPOOL_RETRY_MAX_S
             assert proc.poll() is None, log.read_text()
             time.sleep(0.5)
         assert list(spool_dir.glob(f"{SEGMENT_PREFIX}*")), "nothing on disk during the outage"
@@ -124,7 +119,7 @@ def test_a_minute_without_influxdb_loses_and_duplicates_nothing(postgres, databa
     n = cycles(text)
     stamps = check_exactly_once(victoria, postgres, database, n)
     voltage = stamps["voltage_l1_value"]
-    assert sum(down_ms < t < up_ms for t in voltage) >= 55, "the outage's readings are missing"
+    assert sum(down_ms < t < up_ms for t in voltage) >= 18, "the outage's readings are missing"
     # one reading a second, across the outage: a missing second is a cycle the log shows without them
     seconds = [t // 1000 for t in voltage]
     assert len(set(seconds)) == len(seconds)
@@ -158,6 +153,9 @@ def test_sigterm_then_sigkill_while_spooling_loses_and_duplicates_nothing(postgr
         seen = cycles(wait_for_log(logs[1], CYCLE_OK, proc, count=3))
         while cycles(logs[1].read_text()) == seen:
             time.sleep(0.002)
+        # During an outage a cycle's readings are on disk one linger (0.25 s) and an fsync after it
+        # hands them over (README, "Stopping and crashing"); kill just after that.
+        time.sleep(0.6)
         proc.kill()
         proc.wait(10)
     finally:
@@ -179,88 +177,3 @@ def test_sigterm_then_sigkill_while_spooling_loses_and_duplicates_nothing(postgr
     assert "answers: sending" in texts[2]
     assert list(spool_dir.glob(f"{SEGMENT_PREFIX}*")) == []
     check_exactly_once(victoria, postgres, database, sum(cycles(t) for t in texts))
-
-
-class ScriptedInflux:
-    """An HTTP server that answers each write with the next scripted (status, headers, body)."""
-
-    def __init__(self, script: list[tuple[int, dict[str, str], str]]) -> None:
-        self.script = list(script)
-        self.requests: list[tuple[float, str, list[str]]] = []  # (time.monotonic(), path, lines)
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                outer.requests.append((time.monotonic(), self.path, body.decode().split("\n")))
-                status, headers, text = outer.script.pop(0) if outer.script else (204, {}, "")
-                data = text.encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
-
-
-def test_503_429_400_401_are_retried_honoured_and_dead_lettered(tmp_path, caplog):
-    influx = ScriptedInflux([
-        (503, {}, '{"code":"unavailable","message":"service unavailable"}'),
-        (429, {"Retry-After": "2"}, '{"code":"too many requests","message":"slow down"}'),
-        (400, {}, '{"code":"invalid","message":"unable to parse \'m,b=0 value=1.0\'"}'),
-        (401, {}, '{"code":"unauthorized","message":"unauthorized access"}'),
-    ])
-    first = ["m,b=0 value=1.0 1700000000000", "m,b=0 value=2.0 1700000001000"]
-    second = ["m,b=1 value=3.0 1700000002000"]
-    sink = SpoolingSink(InfluxSink(influx.url, "token", "org", "bucket"), Spool(tmp_path),
-                        retry_initial_s=0.3, retry_max_s=5)
-    try:
-        with caplog.at_level(logging.INFO):
-            sink.write(first)  # 503: spooled, write() returns
-            deadline = time.monotonic() + 15
-            while len(influx.requests) < 3 or sink.spool_points:
-                assert time.monotonic() < deadline, influx.requests
-                time.sleep(0.02)
-            with pytest.raises(WriteError, match="HTTP 401.*dead-letter file"):
-                sink.write(second)  # spool empty: straight to InfluxDB, 401
-    finally:
-        sink.close()
-        influx.close()
-
-    times = [r[0] for r in influx.requests]
-    assert [r[2] for r in influx.requests] == [first, first, first, second]
-    assert all("/api/v2/write?" in r[1] and "precision=ms" in r[1] for r in influx.requests)
-    assert times[1] - times[0] >= 0.3  # backed off after the 503
-    assert times[2] - times[1] >= 2.0  # Retry-After: 2 honoured
-    assert sink.dead_lettered_points == 3 and sink.replayed_points == 0 and sink.spooled_points == 2
-
-    letters = [json.loads(x) for x in (tmp_path / "dead-letter.jsonl").read_text().splitlines()]
-    assert [(d["lines"], d["points"], d["url"]) for d in letters] == [(first, 2, influx.url), (second, 1, influx.url)]
-    assert "HTTP 400" in letters[0]["reason"] and "unable to parse" in letters[0]["reason"]
-    assert "HTTP 401" in letters[1]["reason"] and "unauthorized" in letters[1]["reason"]
-
-    msgs = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("poller")]
-    assert (logging.ERROR, f"InfluxDB at {influx.url} unreachable: spooling to {tmp_path}; 2 points in spool "
-            f"(InfluxDB at {influx.url} refused 2 points: HTTP 503 Service Unavailable: "
-            '{"code":"unavailable","message":"service unavailable"})') in msgs
-    assert any(level == logging.WARNING and "HTTP 429" in m and "honouring Retry-After, next attempt in 2 s" in m
-               for level, m in msgs), msgs
-    assert any(level == logging.ERROR and "rejected 2 spooled points for good" in m and "HTTP 400" in m
-               and f"written to the dead-letter file {tmp_path}/dead-letter.jsonl, not retried" in m
-               for level, m in msgs), msgs
