@@ -3,6 +3,12 @@
 /healthz answers 200 while cycles keep completing, and 503 when none has
 completed for `stale_after_s` seconds (a hung poller, a dead event loop); the
 container's healthcheck calls it. /metrics is prometheus-client's text format.
+
+The HTTP side is deliberately small and bounded: one request per connection, a
+request line and each header line of at most 8 KiB, at most 100 header lines, the
+whole request within 5 s, at most 64 connections at once. Anything else is answered
+400/414/431 or closed, and logged at DEBUG only: a port scanner or a slow client is
+no event in the poller's log.
 """
 
 from __future__ import annotations
@@ -10,27 +16,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
 
-from croniter import croniter
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .cycle import CycleReport
-from .spool import SpoolStats
+from .model import Meter
+from .outbox import OutboxStats
 
 log = logging.getLogger("poller.monitor")
 
+MAX_LINE = 8 * 1024  # bytes of the request line, and of each header line
+MAX_HEADERS = 100
+MAX_CONNECTIONS = 64
 
-def cron_interval_s(expr: str) -> float:
-    """Seconds between two ticks of a crontab expression (the first two from now)."""
-    it = croniter(expr, datetime.now(UTC))
-    first = it.get_next(datetime)
-    return (it.get_next(datetime) - first).total_seconds()
+MeterLabels = tuple[str, str, str, str]  # meter, host, slave_address, type
 
 
-def _reader(stats: Callable[[], SpoolStats], field: str) -> Callable[[], float]:
+def meter_labels(meter: Meter) -> MeterLabels:
+    return (str(meter.id), meter.host, str(meter.slave_address), meter.device_type.name)
+
+
+def _reader(stats: Callable[[], OutboxStats], field: str) -> Callable[[], float]:
     return lambda: float(getattr(stats(), field))
 
 
@@ -50,27 +58,46 @@ class Monitor:
         self.invalid = Counter("emm_invalid_readings", "Values not written (NaN, not available, refused)",
                                registry=r)
         self.requests = Counter("emm_modbus_requests", "Modbus requests sent", registry=r)
-        self.not_written = Counter("emm_points_not_written", "Points the sink could not take", registry=r)
         self.config_problems = Gauge("emm_configuration_problems", "Rows skipped in the configuration",
                                      registry=r)
         labels = ["meter", "host", "slave_address", "type"]
         self.meter_up = Gauge("emm_meter_up", "1 when the meter's last poll succeeded", labels, registry=r)
         self.meter_errors = Counter("emm_meter_errors", "Failed Modbus requests per meter", labels, registry=r)
-        self._labelled: set[tuple[str, ...]] = set()
+        self._labels: dict[int, MeterLabels] = {}  # each meter's one label set in the two series above
         self._server: asyncio.Server | None = None
+        self._connections = 0
+        self.request_timeout_s = 5.0  # for the whole request: a slow client is cut off
 
-    def watch_spool(self, stats: Callable[[], SpoolStats]) -> None:
-        """Export the spool's counters (read when /metrics is asked)."""
+    def watch_outbox(self, stats: Callable[[], OutboxStats]) -> None:
+        """Export the outbox's counters: memory, spool, and every way a reading can be lost
+        (read when /metrics is asked)."""
         r = self.registry
         for name, doc, field in (
+            ("emm_write_queue_points", "Readings waiting in memory for InfluxDB (in flight included)",
+             "memory_points"),
             ("emm_spool_points", "Readings waiting in the spool for InfluxDB", "spool_points"),
             ("emm_spool_bytes", "Size of the spool on disk", "spool_bytes"),
+            ("emm_written_points_total", "Readings InfluxDB accepted since start", "written_points"),
             ("emm_spooled_points_total", "Readings put in the spool since start", "spooled_points"),
             ("emm_replayed_points_total", "Spooled readings written to InfluxDB since start", "replayed_points"),
-            ("emm_dropped_points_total", "Readings dropped: the spool was full (POLL_SPOOL_MAX_MB)",
-             "dropped_points"),
             ("emm_dead_lettered_points_total", "Readings InfluxDB rejected for good (dead-letter file)",
              "dead_lettered_points"),
+            ("emm_dropped_points_total", "Readings lost, all reasons (the four emm_dropped_*_points_total)",
+             "dropped_points"),
+            ("emm_dropped_spool_full_points_total", "Readings evicted for room: POLL_SPOOL_MAX_MB or a full disk",
+             "dropped_spool_full_points"),
+            ("emm_dropped_disk_error_points_total", "Readings lost to a damaged or unreadable spool",
+             "dropped_disk_error_points"),
+            ("emm_dropped_dead_letter_points_total", "Rejected readings the dead-letter file could not take",
+             "dropped_dead_letter_points"),
+            ("emm_dropped_memory_points_total", "Readings dropped from memory: neither InfluxDB nor the spool "
+             "could take them", "dropped_memory_points"),
+            ("emm_points_not_written_total", "Readings not written with no spool to keep them (--dry-run)",
+             "failed_points"),
+            ("emm_spool_damaged_records_total", "Spool records found damaged, cut short or unreadable",
+             "damaged_records"),
+            ("emm_spool_skipped_files", "Entries in the spool directory left alone (not a readable segment)",
+             "skipped_spool_files"),
         ):
             Gauge(name, doc, registry=r).set_function(_reader(stats, field))
 
@@ -85,19 +112,42 @@ class Monitor:
         self.readings.inc(report.readings)
         self.invalid.inc(report.invalid)
         self.requests.inc(report.requests)
-        self.not_written.inc(report.not_written)
         for res in report.results:
-            m = res.meter
-            key = (str(m.id), m.host, str(m.slave_address), m.device_type.name)
+            key = self._meter_series(res.meter)
             self.meter_up.labels(*key).set(1 if res.ok else 0)
             self.meter_errors.labels(*key).inc(res.errors)
-            self._labelled.add(key)
 
-    def forget_meters_except(self, meter_ids: set[int]) -> None:
-        for key in [k for k in self._labelled if int(k[0]) not in meter_ids]:
-            self.meter_up.remove(*key)
-            self.meter_errors.remove(*key)
-            self._labelled.discard(key)
+    def _meter_series(self, meter: Meter) -> MeterLabels:
+        """The meter's label set; a meter has one, so when its host, unit id or type
+        changed, the series under the old labels go (they would stay frozen)."""
+        key = meter_labels(meter)
+        old = self._labels.get(meter.id)
+        if old is not None and old != key:
+            self._remove(meter.id)
+        self._labels[meter.id] = key
+        return key
+
+    def _remove(self, meter_id: int) -> None:
+        key = self._labels.pop(meter_id)
+        for metric in (self.meter_up, self.meter_errors):
+            try:
+                metric.remove(*key)
+            except KeyError:
+                pass
+
+    def forget_meters_except(self, meters: Iterable[Meter | int]) -> None:
+        """A new configuration: drop the series of meters it no longer has, and of those
+        whose labels it changed (their next poll starts the new series). Takes the
+        configuration's meters, or only their ids."""
+        current: dict[int, MeterLabels | None] = {}
+        for m in meters:
+            if isinstance(m, int):
+                current[m] = None
+            else:
+                current[m.id] = meter_labels(m)
+        for meter_id, key in list(self._labels.items()):
+            if meter_id not in current or current[meter_id] not in (None, key):
+                self._remove(meter_id)
 
     def health(self) -> tuple[bool, str]:
         now = time.monotonic()
@@ -112,7 +162,7 @@ class Monitor:
         return True, f"ok: last cycle completed {age:.1f} s ago"
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_LINE)
         bound = int(self._server.sockets[0].getsockname()[1])
         log.info("health and metrics on http://%s:%d/healthz and /metrics", host, bound)
         return bound
@@ -123,27 +173,68 @@ class Monitor:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass  # headers are not needed
-            parts = request.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
-            elif path == "/healthz":
-                ok, text = self.health()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain; charset=utf-8", (text + "\n").encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"/metrics or /healthz\n"
-            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                    "Connection: close\r\n\r\n").encode()
-            writer.write(head if parts and parts[0] == "HEAD" else head + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeError):
-            pass
-        finally:
+        if self._connections >= MAX_CONNECTIONS:
+            log.debug("health server: %d connections open, one more closed", self._connections)
             writer.close()
+            return
+        self._connections += 1
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                head = await self._read_head(reader)
+                writer.write(self._response(head) if isinstance(head, list) else head)
+                await writer.drain()
+        except (TimeoutError, OSError, EOFError) as exc:  # slow, gone or reset: nothing to answer
+            log.debug("health server: request dropped (%s)", type(exc).__name__)
+        except Exception:  # a bug here must not look like a client's fault, nor kill the server
+            log.exception("health server: answering a request failed")
+        finally:
+            self._connections -= 1
+            writer.close()
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> list[str] | bytes:
+        """The request line split in words, or the error response to send instead."""
+        lines: list[bytes] = []
+        while len(lines) <= MAX_HEADERS + 1:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                return _error("414 URI Too Long" if not lines else "431 Request Header Fields Too Large")
+            except asyncio.IncompleteReadError as exc:
+                if not lines and not exc.partial:
+                    raise EOFError from None  # connected and closed: a port check
+                return _error("400 Bad Request")
+            if line in (b"\r\n", b"\n"):
+                break
+            lines.append(line)
+        else:
+            return _error("431 Request Header Fields Too Large")
+        if not lines:
+            return _error("400 Bad Request")
+        parts = lines[0].decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _error("400 Bad Request")
+        return parts
+
+    def _response(self, parts: list[str]) -> bytes:
+        method, target = parts[0], parts[1]
+        path = target.split("?")[0]
+        if method not in ("GET", "HEAD"):
+            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+        elif path == "/metrics":
+            status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        elif path == "/healthz":
+            ok, text = self.health()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            ctype, body = "text/plain; charset=utf-8", (text + "\n").encode()
+        else:
+            status, ctype, body = "404 Not Found", "text/plain", b"/metrics or /healthz\n"
+        head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode()
+        return head if method == "HEAD" else head + body
+
+
+def _error(status: str) -> bytes:
+    body = status.encode() + b"\n"
+    log.debug("health server: answered %s", status)
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body

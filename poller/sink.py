@@ -1,10 +1,34 @@
-"""Readings -> InfluxDB line protocol -> the InfluxDB v2 write API (or stdout).
+r"""Readings -> InfluxDB line protocol -> the InfluxDB v2 write API (or stdout).
 
 Point schema (DESIGN.md): measurement = registers.measurement_name, one float
 field `value`, tags meter, host, slave_address, type, unit and description
 (when set), timestamp = time of the read in milliseconds. `value` is always
 written as a float, so changing a register's data type or scale never causes
 an InfluxDB field-type conflict.
+
+Every tag value and measurement name goes through `escape` (one function), so no
+text a database row can hold makes a line that InfluxDB 1.x, InfluxDB 2 or
+VictoriaMetrics rejects or reads differently. What is stored is `normalise(text)`:
+
+1. control characters (Unicode Cc: newline, CR, tab, ESC, NEL ...; and U+2028/U+2029)
+   become a space: a raw newline ends the line, and InfluxDB 2 then rejects the whole
+   batch (HTTP 400) while VictoriaMetrics drops the broken lines silently;
+2. a backslash becomes `/`: InfluxDB 1.x keeps an escaped backslash `\\` as two
+   backslashes while InfluxDB 2 and VictoriaMetrics read one, and 1.x rejects a tag
+   value ending in one (`invalid tag format`); no way of writing a backslash reads
+   back the same everywhere, a slash does (`Room 3\East` is stored as `Room 3/East`);
+3. spaces at either end are removed (a unit `" V"` is stored as `V`);
+4. at most 256 characters are kept (then trailing spaces removed again): InfluxDB
+   refuses a series key over 64 KB, and a tag is a label, not a document;
+5. an empty result leaves the tag out of the point (line protocol has no empty tag
+   value), as a NULL or blank description does.
+
+Then `,`, `=` and space are escaped with a backslash (in a measurement name only `,`
+and space, as the line protocol reference says). Worked example: the description
+`Main board,<newline>east=wing\` is stored as `Main board, east=wing/` and written
+`description=Main\ board\,\ east\=wing/`. Measurement names are also held to
+registers' CHECK (`^[A-Za-z_][A-Za-z0-9_.-]*$`), so none is empty or starts with `#`
+(which would make a comment line).
 """
 
 from __future__ import annotations
@@ -14,6 +38,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, TextIO
 
+from .logsafe import CONTROL_CHARACTERS
 from .model import Meter, Register
 
 log = logging.getLogger(__name__)
@@ -31,37 +56,41 @@ class MeterStatus(Protocol):
     readings: int
     time_ms: int
 
-_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": " ", "\r": " "})
-_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " "})
+
+MAX_TEXT = 256  # characters kept of a tag value or measurement name (step 4 above)
+_NORMALISE = str.maketrans({**dict.fromkeys(CONTROL_CHARACTERS, " "), "\\": "/"})
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
 
 
-def escape_measurement(name: str) -> str:
-    return name.replace("\\", "\\\\").translate(_MEASUREMENT_ESCAPES)
+def normalise(text: str) -> str:
+    """What InfluxDB stores for a tag value or measurement name `text` ('' = the tag is left out)."""
+    return text.translate(_NORMALISE).strip(" ")[:MAX_TEXT].rstrip(" ")
 
 
-def escape_tag(text: str) -> str:
-    return text.replace("\\", "\\\\").translate(_TAG_ESCAPES)
+def escape(text: str, measurement: bool = False) -> str:
+    """`text` normalised and escaped for line protocol: a tag value, or a measurement name."""
+    return normalise(text).translate(_MEASUREMENT_ESCAPES if measurement else _TAG_ESCAPES)
 
 
 def meter_tags(meter: Meter) -> dict[str, str]:
-    """The tags every point of a meter carries."""
+    """The tags every point of a meter carries, as InfluxDB stores them (normalised, not escaped);
+    a tag that normalises to '' is left out."""
     tags = {"host": meter.host, "meter": str(meter.id), "slave_address": str(meter.slave_address),
-            "type": meter.device_type.name}
-    if meter.description and meter.description.strip():
-        tags["description"] = meter.description.strip()
-    return tags
+            "type": meter.device_type.name, "description": meter.description or ""}
+    return {k: n for k, v in tags.items() if (n := normalise(v))}
 
 
 def _key(measurement: str, tags: dict[str, str]) -> str:
-    """`measurement,tag=value,...` with the tags sorted, as InfluxDB prefers."""
-    return ",".join([escape_measurement(measurement), *(f"{k}={escape_tag(v)}" for k, v in sorted(tags.items()))])
+    """`measurement,tag=value,...` with the tags sorted by key, as InfluxDB prefers."""
+    return ",".join([escape(measurement, measurement=True), *(f"{k}={escape(v)}" for k, v in sorted(tags.items()))])
 
 
 def series_key(meter: Meter, register: Register) -> str:
     """The series of one register of one meter: its measurement, the meter's tags and the unit."""
     tags = meter_tags(meter)
-    if register.unit:
-        tags["unit"] = register.unit
+    if unit := normalise(register.unit or ""):
+        tags["unit"] = unit
     return _key(register.measurement, tags)
 
 

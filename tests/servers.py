@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -24,7 +25,35 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def find_pg_bin(debian_root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """The server programs (initdb, pg_ctl) of the newest PostgreSQL installed.
+
+    Debian keeps each major version apart, /usr/lib/postgresql/<major>/bin, and its
+    `postgresql` package (scripts/test) brings whichever major is current; elsewhere
+    they are on PATH or where `pg_config --bindir` says.
+    """
+    def version(bindir: Path) -> tuple[int, ...]:
+        return tuple(int(p) if p.isdigit() else -1 for p in bindir.parent.name.split("."))
+
+    debian = [d for d in debian_root.glob("*/bin") if (d / "initdb").is_file() and (d / "pg_ctl").is_file()]
+    if debian:
+        return max(debian, key=version)
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent
+    try:
+        bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        bindir = ""
+    if bindir and (Path(bindir) / "initdb").is_file():
+        return Path(bindir)
+    # not installed: the tests that need a cluster say so (postgres_cluster); the others still run
+    return debian_root / "missing" / "bin"
+
+
+PG_BIN = find_pg_bin()
 
 
 def free_port() -> int:
@@ -118,6 +147,9 @@ class Postgres:
 
 @contextmanager
 def postgres_cluster() -> Iterator[Postgres]:
+    if not (PG_BIN / "initdb").is_file():
+        raise RuntimeError("no PostgreSQL server programs (initdb) in /usr/lib/postgresql/*/bin, on PATH or at "
+                           "`pg_config --bindir`: apt-get install postgresql (scripts/test does it as root)")
     base = Path(tempfile.mkdtemp(prefix="emm-pg-"))
     datadir = base / "data"
     pwfile = base / "pw"
@@ -363,3 +395,186 @@ def docker_build_context(dest: Path) -> Path:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dest / rel)
     return dest
+
+
+class InfluxDB1:
+    """Debian's InfluxDB 1.x (`influxd`) on free loopback ports in a temporary directory.
+
+    Its `/write` is the strict line-protocol parser of the tests: it answers 204 only
+    when every line parses, and 400 (`partial write` / `unable to parse`) otherwise,
+    as InfluxDB 2 does. Usable as a context manager.
+    """
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="emm-influxd-"))
+        self.port = free_port()
+        self.rpc_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> InfluxDB1:
+        binary = shutil.which("influxd") or "/usr/bin/influxd"
+        if not os.access(binary, os.X_OK):
+            raise RuntimeError("influxd is not installed (Debian's influxdb package)")
+        conf = self.dir / "influxdb.conf"
+        conf.write_text(f"""reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{self.dir}/meta"
+[data]
+  dir = "{self.dir}/data"
+  wal-dir = "{self.dir}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{self.port}"
+  log-enabled = false
+  max-body-size = 0
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+""")
+        self.proc = subprocess.Popen([binary, "-config", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.dir / "influxd.log", "wb"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"influxd exited with {self.proc.returncode}: "
+                                   f"{(self.dir / 'influxd.log').read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as r:
+                    if r.status == 204:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("influxd did not answer /ping")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> InfluxDB1:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _post(self, path: str, params: Mapping[str, str], body: bytes = b"") -> tuple[int, bytes]:
+        req = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(params)}", data=body,
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def create_database(self, db: str) -> None:
+        status, body = self._post("/query", {"q": f'CREATE DATABASE "{db}"'})
+        assert status == 200 and b'"error"' not in body, body
+
+    def drop_database(self, db: str) -> None:
+        status, body = self._post("/query", {"q": f'DROP DATABASE "{db}"'})
+        assert status == 200 and b'"error"' not in body, body
+
+    def write(self, db: str, body: bytes | str, precision: str = "ms") -> tuple[int, str]:
+        """POST /write: (HTTP status, response body); 204 when every line was accepted."""
+        data = body.encode() if isinstance(body, str) else body
+        status, answer = self._post("/write", {"db": db, "precision": precision}, data)
+        return status, answer.decode("utf-8", "replace")
+
+    def query(self, db: str, q: str) -> list[dict[str, Any]]:
+        """One InfluxQL statement: its series ([{"name", "tags", "columns", "values"}]), times in ms."""
+        status, body = self._post("/query", {"db": db, "q": q, "epoch": "ms"})
+        out = json.loads(body)
+        assert status == 200, out
+        result = out["results"][0]
+        assert "error" not in result, f"{q!r}: {result['error']}"
+        return list(result.get("series", []))
+
+
+class InfluxV2Bridge:
+    """The InfluxDB v2 write API in front of an InfluxDB1: `POST /api/v2/write?org=&bucket=&precision=`
+    is forwarded to 1.x's `/write?db=<bucket>&precision=` and 1.x's status and body are returned,
+    so the poller (influxdb-client, v2 API) writes through the strict 1.x parser. `GET /health`
+    and `GET /ping` answer as InfluxDB 2 does. `requests` counts the writes forwarded."""
+
+    def __init__(self, influx: InfluxDB1) -> None:
+        import gzip
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.influx = influx
+        self.requests = 0
+        bridge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+                pass
+
+            def _answer(self, status: int, body: bytes = b"", ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = urllib.parse.urlsplit(self.path).path
+                if path == "/health":
+                    self._answer(200, json.dumps({"name": "influxdb", "status": "pass"}).encode())
+                elif path == "/ping":
+                    self._answer(204)
+                else:
+                    self._answer(404, b'{"code":"not found","message":"path not found"}')
+
+            def do_POST(self) -> None:  # noqa: N802
+                url = urllib.parse.urlsplit(self.path)
+                params = dict(urllib.parse.parse_qsl(url.query))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if url.path != "/api/v2/write":
+                    self._answer(404, b'{"code":"not found","message":"path not found"}')
+                    return
+                if not params.get("bucket"):
+                    self._answer(400, b'{"code":"invalid","message":"bucket not specified"}')
+                    return
+                if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                    body = gzip.decompress(body)
+                bridge.requests += 1
+                status, answer = bridge.influx.write(params["bucket"], body, params.get("precision", "ns"))
+                self._answer(status, answer.encode())
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, bucket: str) -> dict[str, str]:
+        """The poller's INFLUXDB_* settings for writing into database `bucket` through the bridge."""
+        return {"INFLUXDB_URL": self.url, "INFLUXDB_TOKEN": "bridge-token", "INFLUXDB_ORG": "emm",
+                "INFLUXDB_BUCKET": bucket}
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+    def __enter__(self) -> InfluxV2Bridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

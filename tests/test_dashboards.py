@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,13 +27,12 @@ import psycopg2
 import pytest
 import yaml
 
-from tests.servers import docker_build_context
+from tests.servers import InfluxDB1, docker_build_context, find_pg_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DASHBOARDS = ROOT / "grafana" / "dashboards"
-PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1] if Path("/usr/lib/postgresql").is_dir() else None
-INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
+PG_BIN = find_pg_bin()  # the newest installed (a text sort would put 9.6 after 15)
 METERS = {"1", "2"}  # the seed meter, and a second one added below (unit 2 of the simulator)
 FROM_MS = 0  # set by the influx fixture: the time range the panels are queried over
 TO_MS = 0
@@ -84,7 +81,7 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[dict[str, str]]:
     """A private PostgreSQL cluster with db/init.sql and db/10-poller-role.sh loaded."""
-    assert PG_BIN is not None, "PostgreSQL server binaries missing: apt-get install postgresql"
+    assert (PG_BIN / "initdb").is_file(), "PostgreSQL server binaries missing: apt-get install postgresql"
     env = read_env_file()
     state = Path(tempfile.mkdtemp(prefix="emm-pg-"))
     as_pg: list[str] = []
@@ -182,18 +179,36 @@ def line_protocol(postgres: dict[str, str], image_context: Path) -> list[str]:
 
 
 def status_lines(readings: list[str]) -> list[str]:
-    """poller_status points in the shape the poller writes them (poller/sink.py status_line:
-    float fields up, duration_s, requests, errors, readings; the meter's tags), one per meter
-    and cycle: `--dry-run` prints the readings only."""
+    """The poller_status points the poller writes for the cycles that printed these readings
+    (`--dry-run` prints the readings only), built by the real code: poller.sink's
+    SeriesKeys.status_line for a cycle.MeterResult of each meter and cycle. The meter is the
+    one the readings name (their tags, written by the same sink code)."""
+    from poller.cycle import MeterResult
+    from poller.model import DeviceType, Meter
+    from poller.sink import SeriesKeys
+
     if any(ln.startswith("poller_status,") for ln in readings):
         return []
-    out = set()
+    by_meter: dict[Meter, list[int]] = {}
     for ln in readings:
-        ts = ln.rpartition(" ")[2]
-        tags = {k: re.search(rf"(?:^|,){k}=((?:\\\\.|[^,\\\\ ])*)", ln).group(1)
-                for k in ("host", "meter", "slave_address", "type")}
-        out.add(f"poller_status,host={tags['host']},meter={tags['meter']},slave_address={tags['slave_address']},"
-                f"type={tags['type']} up=1,duration_s=0.004,requests=2,errors=0,readings=12 {ts}")
+        tags = {k: re.sub(r"\\(.)", r"\1", v) for k, v in re.findall(r",(\w+)=((?:\\.|[^,\\ ])*)", ln)}
+        meter = Meter(id=int(tags["meter"]), host=tags["host"], port=502, slave_address=int(tags["slave_address"]),
+                      device_type=DeviceType(tags["type"], ()), description=tags.get("description"))
+        by_meter.setdefault(meter, []).append(int(ln.rpartition(" ")[2]))
+    keys = SeriesKeys()
+    out = []
+    for meter, stamps in by_meter.items():
+        stamps.sort()
+        cycles = [[stamps[0]]]
+        for ms in stamps[1:]:  # the dry runs are more than a second apart, one cycle's reads are not
+            if ms - cycles[-1][-1] < 500:
+                cycles[-1].append(ms)
+            else:
+                cycles.append([ms])
+        for cycle in cycles:
+            result = MeterResult(meter, readings=len(cycle), requests=2, errors=0, duration_s=0.004,
+                                 time_ms=cycle[0])
+            out.append(keys.status_line(meter, result))
     return sorted(out)
 
 
@@ -201,56 +216,15 @@ def status_lines(readings: list[str]) -> list[str]:
 def influx(line_protocol: list[str]) -> Iterator[Callable[[str], list[dict[str, Any]]]]:
     """influxd 1.6 loaded with the poller's points; yields query(q) -> series."""
     global FROM_MS, TO_MS
-    assert os.access(INFLUXD, os.X_OK), "influxd missing: apt-get install influxdb"
-    state = Path(tempfile.mkdtemp(prefix="emm-influxd-"))
-    http, rpc = free_port(), free_port()
-    conf = state / "influxdb.conf"
-    conf.write_text(f"""reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-[meta]
-  dir = "{state}/meta"
-[data]
-  dir = "{state}/data"
-  wal-dir = "{state}/wal"
-  query-log-enabled = false
-[http]
-  bind-address = "127.0.0.1:{http}"
-  log-enabled = false
-[monitor]
-  store-enabled = false
-[continuous_queries]
-  enabled = false
-""")
-    proc = subprocess.Popen([INFLUXD, "-config", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=open(state / "influxd.log", "w"))
-    base = f"http://127.0.0.1:{http}"
     db = read_env_file()["INFLUXDB_BUCKET"]  # InfluxDB 2's virtual DBRP: database = bucket
-    try:
-        wait_port(http, proc, "influxd")
-
-        def post(path: str, params: dict[str, str], body: bytes = b"") -> bytes:
-            req = urllib.request.Request(f"{base}{path}?{urllib.parse.urlencode(params)}", data=body,
-                                         method="POST")
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.read()
-
-        post("/query", {"q": f'CREATE DATABASE "{db}"'})
+    with InfluxDB1() as server:
+        server.create_database(db)
         points = line_protocol + status_lines(line_protocol)
-        # the poller writes with millisecond precision
-        post("/write", {"db": db, "precision": "ms"}, "\n".join(points).encode())
+        status, answer = server.write(db, "\n".join(points))  # the poller writes with millisecond precision
+        assert status == 204, answer
         stamps = [int(ln.rpartition(" ")[2]) for ln in points]
         FROM_MS, TO_MS = min(stamps) - 60_000, max(stamps) + 60_000
-
-        def query(q: str) -> list[dict[str, Any]]:
-            out = json.loads(post("/query", {"db": db, "q": q, "epoch": "ms"}))
-            result = out["results"][0]
-            assert "error" not in result, f"{q!r}: {result['error']}"
-            return result.get("series", [])
-
-        yield query
-    finally:
-        stop(proc)
-        shutil.rmtree(state, ignore_errors=True)
+        yield lambda q: server.query(db, q)
 
 
 # --------------------------------------------------------------------------- Grafana's rendering
@@ -474,26 +448,87 @@ def test_meter_detail_panels(influx, units: dict[str, str], meter: str) -> None:
 
 
 def test_reader_role_can_only_read(postgres: dict[str, str]) -> None:
-    """db/10-poller-role.sh: the poller's login reads the configuration and nothing more."""
-    conn = psycopg2.connect(host=postgres["POSTGRES_HOST"], port=postgres["POSTGRES_PORT"],
-                            dbname=postgres["POSTGRES_DB"], user=postgres["POSTGRES_READER_USER"],
-                            password=postgres["POSTGRES_READER_PASSWORD"])
+    """db/10-poller-role.sh: the poller's login reads the configuration and can write nothing
+    anywhere, even in a session that turned its read-only default off (issue 9 item 17)."""
+
+    def login(dbname: str = postgres["POSTGRES_DB"]):
+        return psycopg2.connect(host=postgres["POSTGRES_HOST"], port=postgres["POSTGRES_PORT"], dbname=dbname,
+                                user=postgres["POSTGRES_READER_USER"], password=postgres["POSTGRES_READER_PASSWORD"])
+
+    with admin_connect(postgres) as admin, admin.cursor() as cur:
+        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+                    "AND table_type = 'BASE TABLE' ORDER BY 1")
+        tables = [row[0] for row in cur.fetchall()]
+        cur.execute("SELECT c.oid::regclass::text, a.attname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+                    "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND a.attnum = 1")
+        first_column = dict(cur.fetchall())
+        cur.execute("SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind = 'S' "
+                    "AND c.relnamespace = 'public'::regnamespace")
+        sequences = [row[0] for row in cur.fetchall()]
+        cur.execute("SELECT datname FROM pg_database WHERE datallowconn AND datname <> current_database()")
+        other_databases = [row[0] for row in cur.fetchall()]
+    admin.close()
+    assert {"energy_meters", "registers", "device_types", "config_version"} <= set(tables), tables
+    assert other_databases, "expected the cluster's postgres and template1 databases"
+
+    # running the script again changes nothing (it runs at every native start)
+    pg_bin = {"PATH": f"{PG_BIN}:{os.environ['PATH']}"}
+    again = subprocess.run([str(ROOT / "db" / "10-poller-role.sh")], capture_output=True, text=True,
+                           env={**os.environ, **postgres, **pg_bin, "PGHOST": postgres["POSTGRES_HOST"],
+                                "PGPORT": postgres["POSTGRES_PORT"], "PGPASSWORD": postgres["POSTGRES_PASSWORD"]})
+    assert again.returncode == 0, again.stderr
+
+    conn = login()
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM registers")
             assert cur.fetchone()[0] > 0
-            # read-only by default, and without write grants when a session turns that off
+            for table in tables:  # every configuration table reads
+                cur.execute(f"SELECT * FROM {table} LIMIT 1")
+            # read-only by default ...
             with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
                 cur.execute("INSERT INTO device_types (name) VALUES ('x')")
+            # ... and without anything to write into when a session turns that off
             cur.execute("SET default_transaction_read_only = off")
-            for sql in ("INSERT INTO device_types (name) VALUES ('x')",
-                        "UPDATE energy_meters SET port = 1",
-                        "DELETE FROM registers",
-                        "CREATE TABLE public.x (i int)"):
-                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            attempts = [
+                "CREATE TEMP TABLE t (i int)",
+                "CREATE TABLE public.x (i int)",
+                "CREATE TABLE pg_temp.x (i int)",
+                "CREATE SCHEMA s",
+                "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                "CREATE VIEW public.v AS SELECT 1",
+                "CREATE EXTENSION pgcrypto",  # a trusted extension: needs CREATE on the database
+                "SELECT lo_create(0)",
+                "SELECT lo_creat(-1)",
+                "SELECT lo_from_bytea(0, 'x')",
+                "SELECT lo_import('/etc/hostname')",
+                "SELECT lo_open(1, 131072)",
+                "SELECT lo_put(1, 0, 'x')",
+                "SELECT lowrite(0, 'x')",
+                "SELECT pg_logical_emit_message(false, 'emm', 'x')",
+                *(f"INSERT INTO {t} DEFAULT VALUES" for t in tables),
+                *(f"UPDATE {t} SET {first_column[t]} = {first_column[t]}" for t in tables),
+                *(f"DELETE FROM {t}" for t in tables),
+                *(f"TRUNCATE {t}" for t in tables),
+                *(f"SELECT * FROM {t} FOR UPDATE" for t in tables),
+                *(f"SELECT nextval('{seq}')" for seq in sequences),
+            ]
+            for sql in attempts:
+                with pytest.raises(psycopg2.Error) as refused:
                     cur.execute(sql)
+                assert refused.value.pgcode == "42501", (sql, refused.value.pgcode, str(refused.value))
+            cur.execute("SELECT nspname FROM pg_namespace WHERE has_schema_privilege(nspname, 'CREATE')")
+            assert cur.fetchall() == []
+            cur.execute("SELECT datname FROM pg_database WHERE has_database_privilege(datname, 'CREATE') "
+                        "OR has_database_privilege(datname, 'TEMPORARY')")
+            assert cur.fetchall() == []
             cur.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user")
             assert cur.fetchone() == (False, False, False)
     finally:
         conn.close()
+    # no other database to write into instead
+    for dbname in other_databases:
+        with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
+            login(dbname).close()

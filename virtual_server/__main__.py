@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
 import time
 
 from poller.config import ConfigError, ConfigSource
+from poller.logsafe import setup_logging
 from poller.model import Register
 from poller.settings import SettingsError, from_env, load_env_file
 
@@ -23,13 +25,27 @@ from .server import ModbusTcpServer
 log = logging.getLogger("virtual_server")
 
 
+def tcp_port(text: str) -> int:
+    """--port: a whole number 0..65535 (0: any free port), else a usage error (exit 2)."""
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 0..65535")
+    return port
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m virtual_server",
         description="Serve simulated meters over Modbus TCP (functions 3 and 4), with register maps "
                     "read from the configuration database (POSTGRES_* settings, .dev.env).")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=502, help="TCP port (default 502)")
+    # loopback unless asked: run by hand, a simulated meter is no business of the network
+    # (docker-compose.yml passes --host 0.0.0.0, so the poller's container reaches it)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
+                   "0.0.0.0 for every address)")
+    p.add_argument("--port", type=tcp_port, default=502, help="TCP port (default 502)")
     p.add_argument("--device-type", default="virtual_meter",
                    help="device type served at every unit id (default virtual_meter)")
     p.add_argument("--unit", action="append", default=[], metavar="ID=TYPE",
@@ -101,7 +117,14 @@ async def serve(args: argparse.Namespace) -> int:
         strict=args.strict,
         log_requests=args.log_requests,
     )
-    port = await server.start(args.host, args.port)
+    try:
+        port = await server.start(args.host, args.port)
+    except OSError as exc:
+        hint = {errno.EADDRINUSE: ": another process listens there; choose another --port",
+                errno.EACCES: ": ports below 1024 need privileges; choose --port 1502 or another"}
+        log.error("cannot listen on %s:%d: %s%s", args.host, args.port, exc.strerror or exc,
+                  hint.get(exc.errno or 0, ""))
+        return 2
     log.info("serving %s on %s:%d (%s)", ", ".join(sorted(devices)), args.host, port,
              "frozen values" if args.frozen else "values change every second")
     last = time.monotonic()
@@ -123,9 +146,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.Formatter.converter = time.gmtime
+    setup_logging(logging.INFO)
     load_env_file(args.env_file)
     try:
         return asyncio.run(serve(args))
