@@ -111,3 +111,22 @@ def test_planning_properties(specs, max_block, max_gap):
             first = min(nxt.registers, key=lambda r: (r.address, r.end))
             gap = first.address - (prev.address + prev.count)
             assert gap > max_gap or max(prev.address + prev.count, first.end) - prev.address > max_block
+
+
+def test_by_default_no_unrequested_register_is_read():
+    # strict devices refuse a request that touches an unassigned register; gaps are opt-in
+    assert spans(plan_reads([reg(0), reg(2)])) == [(3, 0, 1), (3, 2, 1)]
+
+
+def test_limits_that_cannot_work_are_named():
+    with pytest.raises(PlanError, match=r"^max_block 126 outside 1\.\.125$"):
+        plan_reads([reg(0)], max_block=126)
+    with pytest.raises(PlanError, match=r"^max_block 0 outside 1\.\.125$"):
+        plan_reads([reg(0)], max_block=0)
+    with pytest.raises(PlanError, match=r"^max_gap -1 is negative$"):
+        plan_reads([reg(0)], max_gap=-1)
+    with pytest.raises(PlanError, match=r"^r3_7 needs 4 registers, more than max_block 3$"):
+        plan_reads([reg(7, DataType.UINT64)], max_block=3)
+    (single,) = plan_reads([reg(5)])
+    with pytest.raises(PlanError, match=r"^block fc3 5\.\.5 holds one register and cannot be split$"):
+        split_block(single)

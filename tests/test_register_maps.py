@@ -286,6 +286,30 @@ def test_sdm630_reads_in_at_most_three_requests(loaded: dict):
     assert len(sdm.registers) >= 50, "the SDM630 map should carry its main electrical values"
 
 
+# Each map's requests, worked out by hand from its rows and limits (and, where the header
+# comment states them, as it states them); a change to a map or to the planner that reads a
+# family differently shows here.
+HAND_PLANS = {
+    "carlo_gavazzi_em340": ["fc4 0..19", "fc4 20..39", "fc4 40..55", "fc4 64..69", "fc4 78..81"],  # max 20
+    "eastron_sdm120": ["fc4 0..37", "fc4 70..79", "fc4 342..345"],
+    "eastron_sdm630": ["fc4 0..79", "fc4 200..251", "fc4 342..363"],
+    "eastron_sdm72": ["fc4 0..57", "fc4 60..75", "fc4 200..225", "fc4 342..345", "fc4 1280..1283"],
+    "huawei_sun2000": ["fc3 32016..32023", "fc3 32064..32115"],
+    # max_gap 0, "seven requests": the uint64 yields, then the runs of 32-bit values
+    "sma_sunny_tripower": ["fc3 30513..30520", "fc3 30769..30788", "fc3 30803..30806", "fc3 30813..30814",
+                           "fc3 30953..30954", "fc3 30957..30962", "fc3 30977..30982"],
+    "sunspec_inverter": ["fc3 40069..40108"],  # model 101..103 after its two header registers
+    "sunspec_meter": ["fc3 40069..40123"],
+}
+
+
+def test_each_map_reads_in_the_requests_worked_out_by_hand(loaded: dict):
+    assert set(HAND_PLANS) == set(loaded)
+    for name, dtype in loaded.items():
+        blocks = plan_reads(dtype.registers, dtype.max_block, dtype.max_gap)
+        assert [str(b) for b in blocks] == HAND_PLANS[name], name
+
+
 def test_request_limits_of_device_families(loaded: dict):
     assert loaded["huawei_sun2000"].max_block <= 64
     assert loaded["huawei_sun2000"].request_pause_s > 0

@@ -1,9 +1,13 @@
-"""A simulated device: plausible values for a register map, encoded as the poller decodes them.
+"""A simulated device: plausible values for a register map, encoded as a real device sends them.
 
 Values are chosen from the register's unit and name (voltage near 230 V, mains
 frequency near 50 Hz, energy counters that only grow ...), then quantised to
 what the register can carry (its type, scale, offset and scale factor), so the
 engineering value the simulator reports is exactly what a correct poller stores.
+
+The words are encoded here, independently of the poller's decoder (`encode`:
+pymodbus's conversion plus a byte swap), so a test that reads the simulator
+checks `poller.decode` against a second implementation, not against itself.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from poller.decode import encode_raw
-from poller.model import DataType, Register
+from pymodbus.client.mixin import ModbusClientMixin
+
+from poller.model import ByteOrder, DataType, Register
 
 # (nominal, relative noise) by lower-case unit; counters are handled apart.
 _NOMINAL = {
@@ -107,9 +112,33 @@ class VirtualDevice:
                 raw: int | float = self.scale_factors[reg.measurement]
             else:
                 raw = self.cells[reg.measurement].raw
-            for i, word in enumerate(encode_raw(reg, raw)):
+            for i, word in enumerate(encode(reg, raw)):
                 banks[(int(reg.function_code), reg.address + i)] = word
         return banks
+
+
+_PYMODBUS_TYPE = {
+    DataType.INT16: ModbusClientMixin.DATATYPE.INT16, DataType.UINT16: ModbusClientMixin.DATATYPE.UINT16,
+    DataType.INT32: ModbusClientMixin.DATATYPE.INT32, DataType.UINT32: ModbusClientMixin.DATATYPE.UINT32,
+    DataType.FLOAT32: ModbusClientMixin.DATATYPE.FLOAT32, DataType.INT64: ModbusClientMixin.DATATYPE.INT64,
+    DataType.UINT64: ModbusClientMixin.DATATYPE.UINT64, DataType.FLOAT64: ModbusClientMixin.DATATYPE.FLOAT64,
+}
+
+
+def encode(reg: Register, raw: int | float) -> list[int]:
+    """The 16-bit words a device in `reg.byte_order` sends for `raw`.
+
+    pymodbus builds the registers high word first ("big") or low word first
+    ("little"); a byte-swapping device then swaps the two bytes of every word.
+    0x12345678 as ABCD is [0x1234, 0x5678], CDAB [0x5678, 0x1234],
+    BADC [0x3412, 0x7856], DCBA [0x7856, 0x3412].
+    """
+    low_word_first = reg.byte_order in (ByteOrder.CDAB, ByteOrder.DCBA)
+    words = ModbusClientMixin.convert_to_registers(raw, _PYMODBUS_TYPE[reg.data_type],
+                                                   word_order="little" if low_word_first else "big")
+    if reg.byte_order in (ByteOrder.BADC, ByteOrder.DCBA):
+        words = [(w & 0xFF) << 8 | w >> 8 for w in words]
+    return words
 
 
 def _nominal_for(reg: Register) -> tuple[float, float]:

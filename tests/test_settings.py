@@ -1,0 +1,193 @@
+"""Settings from the environment (README "Settings reference"), and every way a bad
+setting or an unusable dependency at start makes `python -m poller` exit 2 with a
+message naming what to fix."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+
+import pytest
+
+from poller.settings import Settings, SettingsError, from_env, load_env_file
+from tests.servers import free_port
+from tests.test_end_to_end import run_poller
+
+# README "Settings reference", written out: what an empty environment gives.
+DEFAULTS = {
+    "postgres_host": "localhost", "postgres_port": 5432, "postgres_db": "energy", "postgres_user": "postgres",
+    "postgres_password": "", "influxdb_url": "http://localhost:8086", "influxdb_token": "", "influxdb_org": "",
+    "influxdb_bucket": "energy", "poll_cron": "* * * * * */10", "max_parallel_endpoints": 256,
+    "http_host": "127.0.0.1", "http_port": 9108, "health_stale_s": 0.0, "spool_dir": "spool",
+    "spool_max_mb": 512, "spool_retry_max_s": 60,
+}
+# variable -> Settings field, for the plain text settings
+TEXT = {
+    "POSTGRES_HOST": "postgres_host", "POSTGRES_DB": "postgres_db", "POSTGRES_USER": "postgres_user",
+    "INFLUXDB_ORG": "influxdb_org", "INFLUXDB_BUCKET": "influxdb_bucket", "POLL_HTTP_HOST": "http_host",
+    "POLL_SPOOL_DIR": "spool_dir",
+}
+# variable -> (Settings field, lowest, highest accepted)
+WHOLE_NUMBERS = {
+    "POSTGRES_PORT": ("postgres_port", 1, 65535),
+    "POLL_MAX_PARALLEL": ("max_parallel_endpoints", 1, 10000),
+    "POLL_HTTP_PORT": ("http_port", 0, 65535),
+    "POLL_HEALTH_STALE_S": ("health_stale_s", 0, 7 * 86400),
+    "POLL_SPOOL_MAX_MB": ("spool_max_mb", 1, 1_000_000),
+    "POLL_SPOOL_RETRY_MAX_S": ("spool_retry_max_s", 1, 3600),
+}
+EVERY_VARIABLE = [*TEXT, *WHOLE_NUMBERS, "POSTGRES_PASSWORD", "INFLUXDB_URL", "INFLUXDB_TOKEN", "POLL_CRON"]
+
+
+def fields(settings: Settings) -> dict[str, object]:
+    return {name: getattr(settings, name) for name in DEFAULTS}
+
+
+def test_an_empty_environment_gives_the_documented_defaults():
+    assert fields(from_env({})) == DEFAULTS
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+def test_a_blank_variable_means_its_default(blank):
+    settings = from_env({name: blank for name in EVERY_VARIABLE if name not in ("POSTGRES_PASSWORD", "INFLUXDB_TOKEN")})
+    assert fields(settings) == DEFAULTS
+
+
+def test_every_variable_is_read_and_trimmed():
+    env = {name: f"  {name.lower()}-value " for name in TEXT}
+    env |= {"POSTGRES_PORT": " 6543 ", "POLL_MAX_PARALLEL": "16", "POLL_HTTP_PORT": "0", "POLL_HEALTH_STALE_S": "90",
+            "POLL_SPOOL_MAX_MB": "64", "POLL_SPOOL_RETRY_MAX_S": "5", "INFLUXDB_URL": " https://influx.example:8086/ ",
+            "POLL_CRON": " */5 * * * * ", "POSTGRES_PASSWORD": " pass word ", "INFLUXDB_TOKEN": " tok en "}
+    settings = from_env(env)
+    assert {f: getattr(settings, f) for f in TEXT.values()} == {f: f"{n.lower()}-value" for n, f in TEXT.items()}
+    assert (settings.postgres_port, settings.max_parallel_endpoints, settings.http_port, settings.health_stale_s,
+            settings.spool_max_mb, settings.spool_retry_max_s) == (6543, 16, 0, 90.0, 64, 5)
+    assert settings.influxdb_url == "https://influx.example:8086"  # the trailing / goes, the client adds its path
+    assert settings.poll_cron == "*/5 * * * *"
+    # secrets are taken as given: a space can be part of a password
+    assert settings.postgres_password == " pass word " and settings.influxdb_token == " tok en "
+
+
+def test_secrets_never_appear_in_the_settings_printed():
+    settings = from_env({"POSTGRES_PASSWORD": "pg-secret", "INFLUXDB_TOKEN": "influx-secret"})
+    assert "secret" not in repr(settings) and "secret" not in str(settings)
+    assert settings.postgres_dsn()["password"] == "pg-secret"
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_NUMBERS))
+@pytest.mark.parametrize("raw", ["abc", "1.5", "0x10", "1e3", "5 000"])
+def test_a_whole_number_that_is_not_one_is_named(name, raw):
+    with pytest.raises(SettingsError, match=rf"^{name}={re.escape(repr(raw))} is not a whole number$"):
+        from_env({name: raw})
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_NUMBERS))
+def test_a_whole_number_outside_its_range_is_named_with_the_range(name):
+    field, low, high = WHOLE_NUMBERS[name]
+    for accepted in (low, high):
+        assert getattr(from_env({name: str(accepted)}), field) == accepted
+    for refused in (low - 1, high + 1):
+        with pytest.raises(SettingsError, match=rf"^{name}={refused} outside {low}\.\.{high}$"):
+            from_env({name: str(refused)})
+
+
+@pytest.mark.parametrize("url", ["localhost:8086", "ftp://influx.example", "influx.example", "HTTP//x"])
+def test_an_influxdb_url_without_http_is_named(url):
+    with pytest.raises(SettingsError, match=rf"^INFLUXDB_URL={re.escape(repr(url))} must start with http:// or "
+                                            r"https://$"):
+        from_env({"INFLUXDB_URL": url})
+
+
+@pytest.mark.parametrize("cron", ["every minute", "* * *", "61 * * * *", "* * * * * * * *"])
+def test_a_malformed_poll_cron_is_named(cron):
+    with pytest.raises(SettingsError, match=rf"^POLL_CRON {re.escape(repr(cron))} "):
+        from_env({"POLL_CRON": cron})
+
+
+def test_the_process_environment_is_read_by_default(monkeypatch):
+    monkeypatch.setenv("POSTGRES_HOST", "db.example")
+    monkeypatch.setenv("POLL_SPOOL_MAX_MB", "7")
+    settings = from_env()
+    assert (settings.postgres_host, settings.spool_max_mb) == ("db.example", 7)
+
+
+def test_the_connection_carries_the_settings_a_timeout_and_a_name():
+    settings = from_env({"POSTGRES_HOST": "db.example", "POSTGRES_PORT": "6543", "POSTGRES_DB": "meters",
+                         "POSTGRES_USER": "reader", "POSTGRES_PASSWORD": "pw"})
+    # psycopg2.connect(**dsn): a dead server fails within 10 s instead of hanging, and an admin
+    # sees who is connected in pg_stat_activity
+    assert settings.postgres_dsn() == {"host": "db.example", "port": 6543, "dbname": "meters", "user": "reader",
+                                       "password": "pw", "connect_timeout": 10, "application_name": "emm-poller"}
+
+
+def test_the_env_file_is_loaded_when_present_and_the_environment_wins(monkeypatch, tmp_path):
+    env_file = tmp_path / ".dev.env"
+    env_file.write_text("POSTGRES_DB=from_file\nPOSTGRES_USER=from_file\n")
+    monkeypatch.delenv("POSTGRES_DB", raising=False)
+    monkeypatch.setenv("POSTGRES_USER", "from_environment")
+    assert load_env_file(tmp_path / "missing.env") is False
+    assert "POSTGRES_DB" not in os.environ
+    assert load_env_file(env_file) is True
+    assert os.environ["POSTGRES_DB"] == "from_file"
+    assert os.environ["POSTGRES_USER"] == "from_environment"
+
+
+# --------------------------------------------------------------------------- exit 2, real processes
+
+
+@pytest.fixture
+def poller_process():
+    """`python -m poller ...` as an operator starts it (no .dev.env), with no PostgreSQL
+    listening where the settings point unless a test says otherwise."""
+    nobody = free_port()  # bound and released: nothing listens there
+
+    def run(args, **env):
+        base = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(nobody), "POSTGRES_DB": "energy",
+                "POSTGRES_USER": "u", "POSTGRES_PASSWORD": "p", "INFLUXDB_URL": "http://127.0.0.1:9"}
+        return run_poller(args, {**base, **env}, timeout=60)
+    return run
+
+
+@pytest.mark.parametrize("mode", [["--once"], ["--check"], [], ["--once", "--dry-run"]],
+                         ids=["once", "check", "service", "dry-run"])
+@pytest.mark.parametrize(("variable", "value"), [("POSTGRES_PORT", "five"), ("POLL_CRON", "every minute"),
+                                                 ("INFLUXDB_URL", "localhost:8086")])
+def test_a_bad_setting_exits_2_naming_it(poller_process, mode, variable, value):
+    done = poller_process(mode, **{variable: value})
+    assert done.returncode == 2, done.stderr
+    assert f"setting: {variable}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("mode", [["--once"], ["--check"]], ids=["once", "check"])
+def test_postgres_unreachable_exits_2_for_a_one_shot_run(poller_process, mode):
+    # the service waits for PostgreSQL instead (test_resilience); a one-shot run cannot
+    done = poller_process(mode)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "127.0.0.1" in done.stderr  # says where it tried
+
+
+def test_a_spool_directory_that_cannot_be_made_exits_2(postgres, database, poller_process, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    done = poller_process([], **postgres.env(database), POLL_SPOOL_DIR=str(not_a_dir / "spool"), POLL_HTTP_PORT="0")
+    assert done.returncode == 2, done.stderr
+    assert f"POLL_SPOOL_DIR={not_a_dir / 'spool'} cannot be created or opened" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_spool_directory_in_use_by_another_poller_exits_2(postgres, database, poller_process, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running poller holds it
+        done = poller_process([], **postgres.env(database), POLL_SPOOL_DIR=str(spool), POLL_HTTP_PORT="0")
+    finally:
+        os.close(fd)
+    assert done.returncode == 2, done.stderr
+    assert f"POLL_SPOOL_DIR={spool} is in use by another poller process" in done.stderr
+    assert "Traceback" not in done.stderr
+
