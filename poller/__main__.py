@@ -1,4 +1,4 @@
-"""python -m poller [--once] [--dry-run]: read every meter on the schedule, store every reading."""
+"""python -m poller [--once] [--dry-run] [--check]: read every meter on the schedule, store every reading."""
 
 from __future__ import annotations
 
@@ -7,19 +7,26 @@ import asyncio
 import logging
 import signal
 import sys
-import time
 from datetime import UTC, datetime
 
-from .config import ConfigError, ConfigSource
+from .config import ConfigError, ConfigSource, ConfigWatcher
 from .cycle import Poller
-from .monitor import Monitor, cron_interval_s
+from .logsafe import setup_logging
+from .model import Meter
+from .monitor import Monitor
+from .outbox import Outbox
 from .plan import plan_reads
-from .schedule import Schedule
+from .schedule import Schedule, cron_interval_s
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
-from .spool import MIB, Spool, SpoolError, SpoolingSink
+from .spool import MIB, Spool, SpoolError
+from .store import Configuration
 
 log = logging.getLogger("poller")
+
+# On SIGTERM: requests under way get this long to finish (what they read is kept either
+# way), then the outbox gets Outbox.close_timeout_s to send; compose allows 20 s in all.
+STOP_CYCLES_S = 5.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,23 +52,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_sink(settings: Settings, dry_run: bool, spool: bool = False) -> InfluxSink | StdoutSink | SpoolingSink:
+def make_outbox(settings: Settings, dry_run: bool, spool: bool) -> Outbox:
+    """Where readings go: stdout (--dry-run), InfluxDB (--once), or InfluxDB with the durable spool.
+
+    Raises SpoolError when the spool directory cannot be used.
+    """
     if dry_run:
-        return StdoutSink()
+        return Outbox(StdoutSink(), None)
     sink = InfluxSink(settings.influxdb_url, settings.influxdb_token,
                       settings.influxdb_org, settings.influxdb_bucket)
-    # --- durable spool: the service spools what InfluxDB cannot take; --once does not
-    # (its exit code tells the caller). See README, "When InfluxDB is away".
-    if not spool:
-        return sink
+    if not spool:  # --once: no spool, its exit code tells the caller (README, "When InfluxDB is away")
+        return Outbox(sink, None)
     try:
         disk = Spool(settings.spool_dir, settings.spool_max_mb * MIB)
-    except SpoolError as exc:
+    except SpoolError:
         sink.close()
-        log.error("setting: %s", exc)
-        raise SystemExit(2) from None
-    return SpoolingSink(sink, disk, retry_max_s=settings.spool_retry_max_s)
-    # --- end durable spool
+        raise
+    return Outbox(sink, disk, memory_points=settings.write_buffer_points,
+                  retry_max_s=settings.spool_retry_max_s)
 
 
 def check(settings: Settings) -> int:
@@ -96,112 +104,159 @@ async def run_once(settings: Settings, dry_run: bool) -> int:
         return 2
     finally:
         source.close()
-    sink = make_sink(settings, dry_run)
-    poller = Poller(sink, settings.max_parallel_endpoints, status_points=not dry_run)
+    outbox = make_outbox(settings, dry_run, spool=False)
+    poller = Poller(outbox, settings.max_parallel_endpoints, status_points=not dry_run)
     try:
         report = await poller.run_cycle([m for m in config.meters if m.enabled])
+        await asyncio.to_thread(outbox.flush)
     finally:
         poller.close()
-        sink.close()
-    log.info("%s", report.summary())
-    return 1 if report.not_written else 0
+        await asyncio.to_thread(outbox.close)
+    stats = outbox.stats()
+    failed = stats.failed_points + stats.dropped_points
+    log.info("%s%s", report.summary(), f" NOT WRITTEN={failed}" if failed else "")
+    return 1 if failed else 0
 
 
-async def run_forever(settings: Settings, dry_run: bool) -> int:
-    stale_after = settings.health_stale_s or max(60.0, 3 * cron_interval_s(settings.poll_cron))
-    monitor = Monitor(stale_after)
-    if settings.http_port:  # first: a port in use stops the service before anything else starts
+class Service:
+    """`python -m poller`: the schedule, the configuration, the cycles, the outbox, /healthz.
+
+    Each tick starts a cycle over the meters due; a host:port still busy with an
+    earlier cycle sits the tick out (Poller.run_cycle), so cycles never poll one
+    device twice at once and never pile up behind a slow device. The configuration
+    is watched off the poll path: a slow or locked database never delays a tick.
+    """
+
+    def __init__(self, settings: Settings, dry_run: bool) -> None:
+        self.settings = settings
+        self.dry_run = dry_run
+        stale_after = settings.health_stale_s or max(60.0, 3 * cron_interval_s(settings.poll_cron))
+        self.monitor = Monitor(stale_after)
+        self.schedule = Schedule(settings.poll_cron)
+        self.watcher = ConfigWatcher(ConfigSource(settings))
+        self.stop = asyncio.Event()
+        self.running: set[asyncio.Task[None]] = set()
+        self.outbox: Outbox | None = None
+        self.poller: Poller | None = None
+
+    async def run(self) -> int:
+        if not await self._start_monitor():
+            return 2
         try:
-            await monitor.start(settings.http_host, settings.http_port)
+            self.outbox = make_outbox(self.settings, self.dry_run, spool=not self.dry_run)
+        except SpoolError as exc:
+            log.error("setting: %s", exc)
+            await self.monitor.stop()
+            return 2
+        self.monitor.watch_outbox(self.outbox.stats)
+        self.poller = Poller(self.outbox, self.settings.max_parallel_endpoints, status_points=not self.dry_run)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        watching: asyncio.Task[None] | None = None
+        try:
+            config = await self.watcher.first(self.stop)
+            if config is not None:
+                self._configuration_changed(config)
+                log.info("polling %d meters, schedule %r (POLL_CRON), writing to %s",
+                         len(config.meters), self.settings.poll_cron, self.outbox.url)
+                watching = asyncio.create_task(self.watcher.run(self.stop))
+                await self._tick_loop()
+        finally:
+            await self._shut_down(watching)
+        return 0
+
+    async def _start_monitor(self) -> bool:
+        """First: a port in use stops the service before anything else starts."""
+        s = self.settings
+        if not s.http_port:
+            return True
+        try:
+            await self.monitor.start(s.http_host, s.http_port)
         except OSError as exc:
             log.error("cannot serve /healthz and /metrics on %s:%d: %s (POLL_HTTP_PORT=0 turns them off)",
-                      settings.http_host, settings.http_port, exc)
-            return 2
-    source = ConfigSource(settings)
-    sink = make_sink(settings, dry_run, spool=True)  # durable spool
-    poller = Poller(sink, settings.max_parallel_endpoints, status_points=not dry_run)
-    schedule = Schedule(settings.poll_cron)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+                      s.http_host, s.http_port, exc)
+            return False
+        return True
 
-    config = None
-    while config is None and not stop.is_set():
+    def _configuration_changed(self, config: Configuration) -> None:
+        assert self.poller is not None
+        self.poller.forget_except(config.meters)
+        self.monitor.forget_meters_except(config.meters)
+        self.monitor.config_problems.set(len(config.problems))
+
+    async def _tick_loop(self) -> None:
+        """Sleep until the next tick, start its cycle; a configuration change re-plans the sleep."""
+        while not self.stop.is_set():
+            config = self.watcher.current
+            assert config is not None
+            now = datetime.now(UTC)
+            tick = self.schedule.next_tick(config.meters, now)
+            woke = await self._sleep_until(tick)
+            if woke == "stop":
+                return
+            if woke == "changed":
+                self.watcher.changed.clear()
+                assert self.watcher.current is not None
+                self._configuration_changed(self.watcher.current)
+                continue  # a new or changed meter schedule is due from its first slot after now
+            fired = self.schedule.fire(tick, datetime.now(UTC))
+            task = asyncio.create_task(self._cycle(tick, fired, config.meters))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _sleep_until(self, tick: datetime) -> str:
+        """'tick' at `tick`, or earlier 'stop' or 'changed' (the configuration was replaced)."""
+        waiters = {asyncio.ensure_future(self.stop.wait()): "stop",
+                   asyncio.ensure_future(self.watcher.changed.wait()): "changed"}
         try:
-            config = await asyncio.to_thread(source.load)
-        except ConfigError as exc:
-            log.error("%s; trying again in 5 s", exc)
-            await _sleep_or_stop(stop, 5)
-    log.info("polling %d meters, schedule %r (POLL_CRON), writing to %s",
-             len(config.meters) if config else 0, settings.poll_cron, sink.url)
+            done, _ = await asyncio.wait(waiters, timeout=max(0.0, (tick - datetime.now(UTC)).total_seconds()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if not done:
+            return "tick"
+        return "stop" if self.stop.is_set() else "changed"
 
-    running: set[asyncio.Task[None]] = set()
-
-    if isinstance(sink, SpoolingSink):
-        monitor.watch_spool(sink.stats)
-
-    async def cycle(tick: datetime, fired: frozenset[str]) -> None:
-        nonlocal config
+    async def _cycle(self, tick: datetime, fired: frozenset[str], meters: tuple[Meter, ...]) -> None:
+        assert self.poller is not None
+        due = self.schedule.due(meters, fired)
         try:
-            config = await asyncio.to_thread(source.load)
-            poller.forget_except(config.meters)
-            monitor.forget_meters_except({m.id for m in config.meters})
-            monitor.config_problems.set(len(config.problems))
-            due = schedule.due(config.meters, fired)
-            report = await poller.run_cycle(due) if due else None
+            report = await self.poller.run_cycle(due) if due else None
         except Exception:  # a bug must not stop the service: say so loudly, go on next tick
             log.exception("cycle at %s failed", tick.strftime("%H:%M:%S"))
             return
-        monitor.cycle_done(report)
-        if report is not None and report.endpoints_busy:
-            monitor.ticks_skipped.inc(report.endpoints_busy)
+        self.monitor.cycle_done(report)
         if report is not None:
-            # since_tick: from the scheduled instant to the last reading written
+            # since_tick: from the scheduled instant to the end of the cycle (its last reading handed over)
             since_tick = (datetime.now(UTC) - tick).total_seconds()
             log.info("%s since_tick=%.3fs", report.summary(), since_tick)
 
-    while not stop.is_set():
-        now = datetime.now(UTC)
-        tick = schedule.next_tick(config.meters if config else (), now)
-        if await _sleep_or_stop(stop, (tick - now).total_seconds()):
-            break
-        fired = schedule.fire(tick, datetime.now(UTC))
-        # Each tick starts a cycle. A host:port still busy with an earlier
-        # cycle sits this one out (Poller.run_cycle), so cycles never poll one
-        # device twice at once and never pile up behind a slow device.
-        task = asyncio.create_task(cycle(tick, fired))
-        running.add(task)
-        task.add_done_callback(running.discard)
-
-    if running:
-        log.info("stopping: waiting for %d running cycle(s) to finish", len(running))
-        _, pending = await asyncio.wait(running, timeout=30)
-        for task in pending:
-            task.cancel()
-        if pending:
-            log.error("%d cycle(s) did not finish within 30 s and were cancelled", len(pending))
-    await monitor.stop()
-    poller.close()
-    sink.close()
-    source.close()
-    return 0
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep; True when asked to stop meanwhile."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
-        return True
-    except TimeoutError:
-        return False
+    async def _shut_down(self, watching: asyncio.Task[None] | None) -> None:
+        if self.running:
+            log.info("stopping: waiting up to %.0f s for %d running cycle(s)", STOP_CYCLES_S, len(self.running))
+            _, pending = await asyncio.wait(set(self.running), timeout=STOP_CYCLES_S)
+            for task in pending:
+                task.cancel()  # what a cancelled meter read so far is still handed over
+            if pending:
+                await asyncio.wait(pending)
+                log.warning("%d cycle(s) still reading after %.0f s were stopped; what they had read is kept",
+                            len(pending), STOP_CYCLES_S)
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        await self.monitor.stop()
+        if self.poller is not None:
+            self.poller.close()
+        if self.outbox is not None:
+            await asyncio.to_thread(self.outbox.close)
+        self.watcher.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.Formatter.converter = time.gmtime
+    setup_logging(args.log_level)
     load_env_file(args.env_file)
     try:
         settings = from_env()
@@ -210,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         return check(settings)
-    runner = run_once if args.once else run_forever
-    return asyncio.run(runner(settings, args.dry_run))
+    if args.once:
+        return asyncio.run(run_once(settings, args.dry_run))
+    return asyncio.run(Service(settings, args.dry_run).run())
 
 
 if __name__ == "__main__":

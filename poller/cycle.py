@@ -1,24 +1,42 @@
-"""One poll cycle: plan -> read (all host:ports in parallel) -> decode -> write."""
+"""One poll cycle: plan -> read (all host:ports in parallel) -> decode -> hand the readings over.
+
+The cycle never writes to InfluxDB itself: each meter's lines go to an outbox
+(poller/outbox.py) the moment the meter is done, so a slow device or a slow
+InfluxDB never holds up the readings of the others. Whatever happens inside one
+meter's poll stays there: the meter is reported failed, the cycle goes on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .decode import decode_block_values
 from .modbus import BUSY_CODES, SPLIT_CODES, Endpoint, ExceptionReply, ModbusError
 from .model import Meter, ReadBlock
 from .plan import plan_reads, split_block
-from .sink import SeriesKeys, WriteError, reading_lines
+from .sink import SeriesKeys, reading_lines
 
 log = logging.getLogger("poller")
 
 BUSY_RETRIES = (0.1, 0.25, 0.5)  # seconds to wait before each retry of a busy device
 MAX_BACKOFF_CYCLES = 32  # a failing meter is tried at least every 33 cycles
-WRITE_BATCH = 5000  # lines per write request
+
+
+class Readings(Protocol):
+    """Where a meter's lines go once it is read (outbox.Outbox); never blocks."""
+
+    def put(self, lines: Sequence[str]) -> None: ...
+
+
+class InternalError(ModbusError):
+    """A bug met while polling one meter: that meter fails, the cycle goes on."""
+
+    kind = "internal"
 
 
 @dataclass
@@ -48,8 +66,6 @@ class CycleReport:
     readings: int = 0
     invalid: int = 0
     requests: int = 0
-    written: int = 0
-    not_written: int = 0
     duration_s: float = 0.0
     results: list[MeterResult] = field(default_factory=list)
 
@@ -59,8 +75,6 @@ class CycleReport:
                 f"requests={self.requests} duration={self.duration_s:.3f}s")
         if self.endpoints_busy:
             text += f" busy_endpoints_skipped={self.endpoints_busy}"
-        if self.not_written:
-            text += f" NOT WRITTEN={self.not_written}"
         return text
 
 
@@ -115,72 +129,30 @@ class DeviceHealth:
         self._reported = {r for r in self._reported if r[0] in meter_ids}
 
 
-class Writer:
-    """Takes lines from every endpoint and writes them in batches, in order.
-
-    A batch goes out when it is full, when a cycle ends, or at the latest
-    `linger_s` after its first line: a slow device holding up the end of its
-    cycle never holds up the readings of the others.
-    """
-
-    def __init__(self, sink: object, linger_s: float = 0.25) -> None:
-        self.sink = sink
-        self.linger_s = linger_s
-        self.pending: list[str] = []
-        self.written = 0  # points, since start
-        self.failed = 0
-        self._lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def add(self, lines: Sequence[str]) -> None:
-        self.pending.extend(lines)
-        if len(self.pending) >= WRITE_BATCH:
-            # In the background, in order (flush holds the lock): the device's next request
-            # does not wait for InfluxDB, and no other endpoint queues behind this write.
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._flush_later()
-        elif self.pending and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._timer = None
-        task = asyncio.get_running_loop().create_task(self.flush())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        async with self._lock:
-            while self.pending:
-                batch, self.pending = self.pending[:WRITE_BATCH], self.pending[WRITE_BATCH:]
-                try:
-                    await asyncio.to_thread(self.sink.write, batch)  # type: ignore[attr-defined]
-                    self.written += len(batch)
-                except WriteError as exc:
-                    self.failed += len(batch)
-                    log.error("%s", exc)
+EndpointKey = tuple[str, int]
 
 
 class Poller:
-    """Keeps connections, learned plans and device state from cycle to cycle."""
+    """Keeps connections, learned plans and device state from cycle to cycle.
 
-    def __init__(self, sink: object, max_parallel_endpoints: int = 256, status_points: bool = True) -> None:
-        self.sink = sink
+    `connect` makes the Endpoint of a host:port (the transport seam: tests give
+    a fake one); the cycle itself never builds clients.
+    """
+
+    def __init__(self, readings: Readings, max_parallel_endpoints: int = 256, status_points: bool = True,
+                 connect: Callable[[str, int], Endpoint] = Endpoint) -> None:
+        self.readings = readings
         self.status_points = status_points  # write a poller_status point per meter and cycle
-        self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        self.connect = connect
+        self.endpoints: dict[EndpointKey, Endpoint] = {}
         self._plans: dict[int, tuple[Meter, tuple[ReadBlock, ...]]] = {}
         self.keys = SeriesKeys()
         self.health = DeviceHealth()
         self.max_parallel_endpoints = max_parallel_endpoints
-        self.writer = Writer(sink)
         self._gate: asyncio.Semaphore | None = None
-        self._busy: set[tuple[str, int]] = set()  # host:ports with a poll under way
-        self._busy_reported: set[tuple[str, int]] = set()
+        self._busy: set[EndpointKey] = set()  # host:ports with a poll under way
+        self._busy_reported: set[EndpointKey] = set()
+        self._crashed: set[int] = set()  # meters whose internal error was logged with its traceback
 
     def plan_for(self, meter: Meter) -> tuple[ReadBlock, ...]:
         cached = self._plans.get(meter.id)
@@ -198,6 +170,7 @@ class Poller:
             del self._plans[mid]
         self.keys.forget_except(ids)
         self.health.forget_except(ids)
+        self._crashed &= ids
         wanted = {m.endpoint for m in meters}
         for ep in [e for e in self.endpoints if e not in wanted]:
             self.endpoints.pop(ep).close()
@@ -208,7 +181,7 @@ class Poller:
         self.endpoints.clear()
 
     async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
-        """Poll the meters, every host:port in parallel; returns when all are done and written.
+        """Poll the meters, every host:port in parallel; returns when all are read and handed over.
 
         A host:port still busy with an earlier cycle (a slow or hung device)
         is left out of this one and counted, so no device is ever polled by
@@ -217,8 +190,7 @@ class Poller:
         started = time.monotonic()
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.max_parallel_endpoints)
-        gate = self._gate
-        by_endpoint: dict[tuple[str, int], list[Meter]] = {}
+        by_endpoint: dict[EndpointKey, list[Meter]] = {}
         for meter in meters:
             by_endpoint.setdefault(meter.endpoint, []).append(meter)
         report = CycleReport()
@@ -232,27 +204,9 @@ class Poller:
             log.log(logging.WARNING if fresh else logging.DEBUG,
                     "%d host:port(s) still busy with an earlier cycle (%s): their %d meter(s) skip this tick",
                     len(busy), names, skipped)
-        written, failed = self.writer.written, self.writer.failed
-
-        async def poll(key: tuple[str, int], group: list[Meter]) -> list[MeterResult]:
-            endpoint = self.endpoints.get(key)
-            if endpoint is None:
-                endpoint = self.endpoints[key] = Endpoint(*key)
+        for key in by_endpoint:  # claimed now, before any await: a concurrent cycle sees them busy
             self._busy.add(key)
-            try:
-                async with gate:
-                    results = await self.poll_endpoint(endpoint, group)
-            finally:
-                self._busy.discard(key)
-            if all(r.ok for r in results):  # healthy again: a new busy streak is worth a WARNING
-                self._busy_reported.discard(key)
-            return results
-
-        groups = await asyncio.gather(*(poll(k, g) for k, g in by_endpoint.items()))
-        await self.writer.flush()
-        # Counted over the cycle; overlapping cycles may share a batch.
-        report.written = self.writer.written - written
-        report.not_written = self.writer.failed - failed
+        groups = await asyncio.gather(*(self._poll_endpoint(k, g) for k, g in by_endpoint.items()))
         for results in groups:
             for res in results:
                 report.results.append(res)
@@ -268,35 +222,74 @@ class Poller:
         report.duration_s = time.monotonic() - started
         return report
 
-    async def poll_endpoint(self, endpoint: Endpoint, meters: list[Meter]) -> list[MeterResult]:
+    async def _poll_endpoint(self, key: EndpointKey, meters: list[Meter]) -> list[MeterResult]:
         """Every meter behind one host:port, one request at a time."""
-        results = []
-        for meter in meters:
-            if self.health.backing_off(meter):
-                result = MeterResult(meter, backed_off=True, time_ms=time.time_ns() // 1_000_000)
-            else:
-                result = await self.poll_meter(endpoint, meter)
-                if result.ok:
-                    self.health.ok(meter)
-                else:
-                    self.health.failed(meter, str(result.error))
-            results.append(result)
-            if self.status_points:
-                result.lines.append(self.keys.status_line(meter, result))
-            await self.writer.add(result.lines)
+        assert self._gate is not None
+        results: list[MeterResult] = []
+        endpoint: Endpoint | None = None
+        try:
+            async with self._gate:
+                endpoint = self.endpoints.get(key)
+                if endpoint is None:
+                    endpoint = self.endpoints[key] = self.connect(*key)
+                for meter in meters:
+                    result = await self._poll_one(endpoint, meter)
+                    results.append(result)
+                    if self.status_points:
+                        result.lines.append(self.keys.status_line(meter, result))
+                    self.readings.put(result.lines)
+        finally:
+            self._busy.discard(key)
+            if endpoint is not None and self.endpoints.get(key) is not endpoint:
+                endpoint.close()  # dropped from the configuration while it was being polled
+        if all(r.ok for r in results):  # healthy again: a new busy streak is worth a WARNING
+            self._busy_reported.discard(key)
         return results
+
+    async def _poll_one(self, endpoint: Endpoint, meter: Meter) -> MeterResult:
+        if self.health.backing_off(meter):
+            return MeterResult(meter, backed_off=True, time_ms=time.time_ns() // 1_000_000)
+        try:
+            result = await self.poll_meter(endpoint, meter)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: contained to this meter, logged with its traceback once
+            if meter.id not in self._crashed:
+                self._crashed.add(meter.id)
+                log.exception("%s: internal error while polling (a bug; please report it)", meter)
+            result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
+            result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+            endpoint.close()  # its state is unknown now
+        if result.ok:
+            self.health.ok(meter)
+        else:
+            self.health.failed(meter, str(result.error))
+        return result
 
     async def poll_meter(self, endpoint: Endpoint, meter: Meter) -> MeterResult:
         """Read a meter's blocks, splitting any the device refuses; decode what arrived.
 
         Readings of the blocks read before a failure are kept: they were read.
+        If the cycle is cancelled (the service is stopping) in the middle of a
+        meter, what was read so far is handed over before the cancellation goes on.
         """
         result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
         started = time.monotonic()
+        read: list[tuple[ReadBlock, list[int], int]] = []
+        try:
+            await self._read_blocks(endpoint, meter, result, read)
+        except asyncio.CancelledError:
+            self._decode(meter, result, read, started)
+            self.readings.put(result.lines)
+            raise
+        self._decode(meter, result, read, started)
+        return result
+
+    async def _read_blocks(self, endpoint: Endpoint, meter: Meter, result: MeterResult,
+                           read: list[tuple[ReadBlock, list[int], int]]) -> None:
         queue = list(self.plan_for(meter))
         kept: list[ReadBlock] = []
         split = False
-        read: list[tuple[ReadBlock, list[int], int]] = []
         i = 0
         while i < len(queue):
             block = queue[i]
@@ -316,23 +309,25 @@ class Poller:
                     kept.append(block)
                     continue
                 result.error = exc
-                break
+                return
             except ModbusError as exc:
                 result.error = exc
-                break
+                return
             read.append((block, words, time.time_ns() // 1_000_000))
             kept.append(block)
-        if split and result.error is None:
+        if split:
             # Remember the split so later cycles do not pay for it again.
             self._plans[meter.id] = (meter, tuple(kept))
             log.info("%s: read plan adjusted to %d requests after the device refused a block", meter, len(kept))
+
+    def _decode(self, meter: Meter, result: MeterResult, read: list[tuple[ReadBlock, list[int], int]],
+                started: float) -> None:
         keys = self.keys.for_meter(meter)
         values, invalid = decode_block_values([(block, words) for block, words, _ in read])
         result.invalid.extend(invalid)
         result.lines = reading_lines(keys, values, [time_ms for _, _, time_ms in read])
         result.readings = len(result.lines)
         result.duration_s = time.monotonic() - started
-        return result
 
     async def _read(self, endpoint: Endpoint, meter: Meter, block: ReadBlock, result: MeterResult) -> list[int]:
         dtype = meter.device_type

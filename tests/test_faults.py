@@ -70,16 +70,13 @@ def test_failing_devices_are_reported_and_the_rest_of_the_cycle_goes_on(postgres
 
 
 class ListSink:
-    url = "memory"
+    """The cycle's outbox, in memory."""
 
     def __init__(self):
         self.lines = []
 
-    def write(self, lines):
+    def put(self, lines):
         self.lines.extend(lines)
-
-    def close(self):
-        pass
 
 
 def test_a_block_with_a_refused_register_is_split_and_the_split_remembered(postgres, database):
@@ -179,3 +176,32 @@ def test_postgres_unreachable_is_named():
                                                 "POSTGRES_USER": "u", "POSTGRES_DB": "d"})
     assert done.returncode == 2
     assert f"cannot read the configuration from PostgreSQL u@127.0.0.1:{port}/d" in done.stderr
+
+
+class DropsInputRegisters(ModbusTcpServer):
+    """Answers the holding registers, then drops the connection at the input-register request."""
+
+    def _reply(self, unit, pdu):
+        if pdu[0] == int(FunctionCode.READ_INPUT_REGISTERS):
+            for writer in list(self._writers):
+                writer.transport.abort()
+        return super()._reply(unit, pdu)
+
+
+def test_readings_taken_before_a_meter_fails_mid_way_are_stored(postgres, database, victoria):
+    """README: 'Readings already taken from a meter before it failed are still written.'
+    The seed map is read holding registers first (100..105: four values), then input registers."""
+    words = make_device("virtual_meter", seed_registers(postgres, database), 1).words()
+    gateway = ModbusServerThread(DropsInputRegisters(units={}, default=lambda: words))
+    postgres.psql(database, "-c", f"UPDATE energy_meters SET host = '127.0.0.1', port = {gateway.port}")
+    try:
+        done = run_poller(["--once"], {**postgres.env(database), **victoria.env()})
+    finally:
+        gateway.close()
+    assert done.returncode == 0, done.stderr
+    assert "cycle: meters ok=0 failed=1 backed_off=0 readings=4 " in done.stderr, done.stderr
+    series = victoria.export(min_samples=4 + 5)
+    stored = {s["metric"]["__name__"] for s in series if not s["metric"]["__name__"].startswith("poller_")}
+    assert stored == {"power_factor_value", "temperature_value", "reactive_power_value", "energy_import_value"}
+    status = {s["metric"]["__name__"]: s["values"] for s in series if s["metric"]["__name__"].startswith("poller_")}
+    assert status["poller_status_up"] == [0.0] and status["poller_status_readings"] == [4.0]

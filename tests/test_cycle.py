@@ -1,0 +1,209 @@
+"""The cycle's promises, each pinned: readings taken before a failure are kept, busy
+devices get exactly three more tries, failing meters back off, a bug in one meter
+stays in that meter, and a stop in the middle of a meter keeps what it read.
+
+The bus is faked through the Poller's `connect` seam (fault injection); the main
+paths run against real sockets in test_faults.py, test_devices.py and the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from poller.cycle import MAX_BACKOFF_CYCLES, Poller
+from poller.modbus import ExceptionReply, ResponseTimeout
+from poller.model import DataType, DeviceType, FunctionCode, Meter, ReadBlock, Register
+
+HOLDING = FunctionCode.READ_HOLDING_REGISTERS
+
+
+def register(rid: int, address: int) -> Register:
+    return Register(rid, "t", address, f"m{rid}", "V", DataType.UINT16, HOLDING)
+
+
+# Two blocks: 0..1 and 100..101 (max_gap 0 keeps them apart).
+DTYPE = DeviceType("t", (register(1, 0), register(2, 1), register(3, 100), register(4, 101)), max_gap=0,
+                   timeout_s=0.5)
+
+
+def meter(mid: int = 1, unit: int = 1) -> Meter:
+    return Meter(mid, "bus.test", 502, unit, DTYPE)
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def put(self, lines):
+        self.lines.extend(lines)
+
+
+class FakeBus:
+    """An Endpoint stand-in: answers `block.address + i` for each word, or what `script` says."""
+
+    def __init__(self, script=None) -> None:
+        self.script = script or (lambda n, block, unit: None)
+        self.requests: list[tuple[int, int]] = []  # (unit, address)
+        self.closed = 0
+
+    def __call__(self, host, port):
+        return self
+
+    async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0) -> list[int]:
+        self.requests.append((unit, block.address))
+        action = self.script(len(self.requests), block, unit)
+        if isinstance(action, BaseException):
+            raise action
+        if action == "hang":
+            await asyncio.sleep(3600)
+        return [block.address + i for i in range(block.count)]
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def values(lines: list[str]) -> dict[str, float]:
+    return {ln.split(",")[0]: float(ln.split(" value=")[1].split()[0]) for ln in lines}
+
+
+def test_readings_taken_before_a_mid_way_failure_are_kept():
+    bus = FakeBus(lambda n, block, unit: ResponseTimeout("no reply") if block.address == 100 else None)
+    out = Lines()
+    report = asyncio.run(Poller(out, status_points=False, connect=bus).run_cycle([meter()]))
+    assert report.meters_failed == 1 and report.readings == 2
+    assert values(out.lines) == {"m1": 0.0, "m2": 1.0}
+
+
+@pytest.mark.parametrize("busy_replies, ok", [(3, True), (4, False)])
+def test_a_busy_device_is_asked_three_more_times(busy_replies, ok):
+    def script(n, block, unit):
+        if block.address == 0 and n <= busy_replies:
+            return ExceptionReply(6, block, unit)
+        return None
+
+    bus = FakeBus(script)
+    report = asyncio.run(Poller(Lines(), status_points=False, connect=bus).run_cycle([meter()]))
+    first_block = [r for r in bus.requests if r[1] == 0]
+    assert len(first_block) == min(busy_replies + 1, 4)
+    assert (report.meters_ok == 1) is ok
+    assert report.results[0].errors == min(busy_replies, 4)
+
+
+def test_a_failing_meter_backs_off_exponentially_and_the_others_do_not():
+    dead = 9
+    bus = FakeBus(lambda n, block, unit: ResponseTimeout("no reply") if unit == dead else None)
+    poller = Poller(Lines(), status_points=False, connect=bus)
+    cycles = 40
+
+    async def run():
+        return [await poller.run_cycle([meter(1, 1), meter(2, dead)]) for _ in range(cycles)]
+
+    reports = asyncio.run(run())
+    tried = [i for i, r in enumerate(reports) if not r.results[1].backed_off]
+    # failures in a row n = 1, 2, 3 ... sit out 0, 1, 3, 7, 15, 31, 32 cycles
+    expected, cycle, n = [], 0, 1
+    while cycle < cycles:
+        expected.append(cycle)
+        cycle += 1 + min(2 ** (n - 1) - 1, MAX_BACKOFF_CYCLES)
+        n += 1
+    assert tried == expected == [0, 1, 3, 7, 15, 31]
+    assert all(r.results[0].ok for r in reports)  # the healthy neighbour is read every cycle
+    assert [r.meters_backed_off for r in reports].count(1) == cycles - len(expected)
+
+
+def test_a_recovered_meter_is_read_every_cycle_again():
+    down = {"now": True}
+    bus = FakeBus(lambda n, block, unit: ResponseTimeout("no reply") if down["now"] else None)
+    poller = Poller(Lines(), status_points=False, connect=bus)
+
+    async def run():
+        for _ in range(4):  # failures 1 and 2 (0 and 1 cycles out), 3rd try at cycle 3
+            await poller.run_cycle([meter()])
+        down["now"] = False
+        return [await poller.run_cycle([meter()]) for _ in range(8)]
+
+    reports = asyncio.run(run())
+    # it may still sit out what the last failure earned, then it is read every cycle
+    states = ["ok" if r.meters_ok else "out" if r.meters_backed_off else "failed" for r in reports]
+    first_ok = states.index("ok")
+    assert states[first_ok:] == ["ok"] * (len(states) - first_ok) and first_ok <= 3
+
+
+def test_a_bug_in_one_meter_fails_that_meter_only_and_is_logged_once(caplog):
+    def script(n, block, unit):
+        if unit == 2:
+            return ZeroDivisionError("boom")
+        return None
+
+    bus = FakeBus(script)
+    out = Lines()
+    poller = Poller(out, status_points=True, connect=bus)
+
+    async def run():
+        return [await poller.run_cycle([meter(1, 1), meter(2, 2)]) for _ in range(2)]
+
+    with caplog.at_level("DEBUG", logger="poller"):
+        reports = asyncio.run(run())
+    first = reports[0]
+    assert first.meters_ok == 1 and first.meters_failed == 1 and first.readings == 4
+    assert "internal error: ZeroDivisionError: boom" in str(first.results[1].error)
+    tracebacks = [r for r in caplog.records if r.exc_info and "internal error while polling" in r.getMessage()]
+    assert len(tracebacks) == 1
+    # the failed meter still gets its poller_status point, with up=0
+    status = [ln for ln in out.lines if ln.startswith("poller_status") and "meter=2" in ln]
+    assert status and all(" up=0.0," in ln for ln in status)
+
+
+def test_a_stop_in_the_middle_of_a_meter_keeps_what_it_read():
+    bus = FakeBus(lambda n, block, unit: "hang" if block.address == 100 else None)
+    out = Lines()
+    poller = Poller(out, status_points=False, connect=bus)
+
+    async def run():
+        task = asyncio.create_task(poller.run_cycle([meter()]))
+        while len(bus.requests) < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert values(out.lines) == {"m1": 0.0, "m2": 1.0}
+
+
+def test_a_host_port_busy_with_an_earlier_cycle_sits_the_tick_out():
+    release = asyncio.Event()
+
+    class Slow(FakeBus):
+        async def read(self, block, unit, timeout, pause=0.0):
+            self.requests.append((unit, block.address))
+            if unit == 1:
+                await release.wait()
+            return [0] * block.count
+
+    bus = Slow()
+    poller = Poller(Lines(), status_points=False, connect=bus)
+    other = Meter(2, "other.test", 502, 2, DTYPE)
+
+    async def run():
+        first = asyncio.create_task(poller.run_cycle([meter()]))
+        await asyncio.sleep(0.05)
+        second = await poller.run_cycle([meter(), other])
+        release.set()
+        return await first, second
+
+    first, second = asyncio.run(run())
+    assert second.endpoints_busy == 1 and second.meters_ok == 1  # the other host:port was read
+    assert first.meters_ok == 1
+    assert bus.requests.count((1, 0)) == 1  # never asked twice at once
+
+
+def test_status_point_fields():
+    out = Lines()
+    asyncio.run(Poller(out, connect=FakeBus()).run_cycle([meter()]))
+    (status,) = [ln for ln in out.lines if ln.startswith("poller_status")]
+    fields = dict(kv.split("=") for kv in status.split(" ")[1].split(","))
+    assert fields["up"] == "1.0" and fields["requests"] == "2.0" and fields["readings"] == "4.0"
+    assert fields["errors"] == "0.0" and float(fields["duration_s"]) >= 0
