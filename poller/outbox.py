@@ -181,7 +181,7 @@ class Outbox:
         if self._closing:
             self._failed += n
             self._once("after-close", logging.ERROR, "%d points handed over after the outbox was closed: not "
-                       "written (counted in emm_points_failed_total)", n)
+                       "written (counted in emm_points_not_written_total)", n)
             return
         now = time.monotonic()
         wake = False

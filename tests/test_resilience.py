@@ -282,6 +282,12 @@ def test_healthz_and_metrics_reflect_a_dead_meter(postgres, database, tmp_path):
                      metrics)
     assert re.search(r"emm_cycles_total [1-9]", metrics)
     assert re.search(r"emm_readings_total [1-9]", metrics)
+    # the outbox's counters (--dry-run: written to stdout, no spool)
+    assert re.search(r"emm_written_points_total [1-9]", metrics), metrics
+    assert re.search(r"^emm_write_queue_points \d", metrics, re.M)
+    for name in ("emm_spool_points", "emm_dropped_points_total",
+                 "emm_points_not_written_total", "emm_spool_damaged_records_total"):
+        assert re.search(rf"^{name} 0\.0$", metrics, re.M), name
 
 
 def test_healthz_turns_unhealthy_when_no_cycle_completes(postgres, database, tmp_path):
