@@ -175,7 +175,7 @@ class InfluxSink:
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
-        self.url, self.org, self.bucket = url, org, bucket
+        self.url, self.bucket = url, bucket
         # No gzip: influxdb-client compresses at level 9, which cost more CPU than all
         # the decoding (27 % of the poller at 30,000 readings/s, bench/README.md); the
         # stack's InfluxDB is on the same host or LAN, where bytes are cheap.
@@ -190,16 +190,16 @@ class InfluxSink:
         if not lines:
             return
         try:
-            self._write_api.write(bucket=self.bucket, org=self.org, record="\n".join(lines),
+            self._write_api.write(bucket=self.bucket, record="\n".join(lines),
                                   write_precision=WritePrecision.MS)  # type: ignore[arg-type]
         except ApiException as exc:
-            status = exc.status or 0
-            body = (exc.body or b"")
-            if isinstance(body, bytes):
-                body = body.decode("utf-8", "replace")
+            if not exc.status:  # no HTTP answer at all (influxdb-client's status 0: TLS failed): an outage
+                raise WriteError(f"InfluxDB at {self.url} is unreachable ({exc.reason}); "
+                                 f"{len(lines)} points not written", True) from None
+            status = exc.status
+            body = exc.body or ""  # text: influxdb-client decodes every answer's body before it raises
             retryable = status >= 500 or status in (408, 429)
-            headers = getattr(exc, "headers", None)
-            retry_after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
+            retry_after = parse_retry_after(exc.headers.get("Retry-After"))
             raise WriteError(f"InfluxDB at {self.url} refused {len(lines)} points: HTTP {status} "
                              f"{exc.reason}: {str(body).strip()[:300]}", retryable, retry_after) from None
         except Exception as exc:  # urllib3 connection errors, timeouts, DNS

@@ -7,6 +7,10 @@ starts something (SERVER_FIXTURES: PostgreSQL, VictoriaMetrics, InfluxDB, the si
 the poller as a process), directly or through another fixture. Loaded only by
 `pytest -p tests.mutation_selection` (pyproject.toml, [tool.mutmut]); the normal run never
 loads it.
+
+Hypothesis runs derandomized here (the examples of a test are the same in every run): every
+mutant meets the same examples as the unmutated copy, so a score does not depend on luck, and a
+new example found at random cannot fail the clean run that mutmut needs first.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ SERVER_FIXTURES = frozenset({
     "postgres", "database", "victoria", "influx", "hung_port", "simulator", "fleet", "line_protocol",
     "image_context", "poller_process",
 })
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from hypothesis import settings
+
+    settings.register_profile("mutation", derandomize=True, database=None)
+    settings.load_profile("mutation")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from croniter import CroniterBadDateError
+from croniter import CroniterBadDateError, croniter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -175,13 +175,15 @@ CRONS = st.one_of(st.lists(CRON_TOKENS, min_size=0, max_size=8).map(" ".join), s
 def test_schedule_never_raises_whatever_it_is_given(default, crons, steps):
     s = Schedule(default)
     meters = [meter(i, cron) for i, cron in enumerate(crons)]
-    now = T0
+    now = last = T0
     for step in steps:
         tick = s.next_tick(meters, now)
-        assert tick > now
-        due = s.due(meters, s.fire(tick, tick))
+        # ticks only move forward (none fired twice); a caller that comes late (`now` past the next
+        # fire time, as after a stall) gets that tick, fired at once, and the slots missed are skipped
+        assert tick > last
+        due = s.due(meters, s.fire(tick, max(tick, now)))
         assert all(m.enabled for m in due)
-        now = tick + timedelta(milliseconds=step)
+        last, now = tick, max(tick, now) + timedelta(milliseconds=step)
     # and whatever validate_cron accepts, it keeps firing
     for expr in [default, *[c for c in crons if c]]:
         try:
@@ -211,3 +213,44 @@ def test_a_new_per_meter_cron_is_due_at_its_first_slot_after_the_change_is_seen(
     assert tick == T0 + timedelta(seconds=30)
     assert [m.id for m in s.due(changed, s.fire(tick, tick))] == [2]
     assert s.next_tick(changed, tick) == T0 + timedelta(seconds=35)
+
+
+# --- the whole messages an operator reads ------------------------------------------------------
+
+FORMAT = "5 fields, or 6 with seconds last, e.g. '* * * * * */10' = every 10 s"
+
+
+@pytest.mark.parametrize(("expr", "message"), [
+    ("* * * *", f"POLL_CRON '* * * *' is not a crontab expression ({FORMAT}): it has 4 fields"),
+    ("@daily", f"POLL_CRON '@daily' is not a crontab expression ({FORMAT}): it has 1 field"),
+    ("0 0 1 1 * 0 2099", f"POLL_CRON '0 0 1 1 * 0 2099' is not a crontab expression ({FORMAT}): it has 7 fields "
+                         "(a year field is not supported)"),
+    ("* * * * * 61", f"POLL_CRON '* * * * * 61' is not a crontab expression ({FORMAT})"),
+    ("0 0 31 4 *", "POLL_CRON '0 0 31 4 *' never fires: no date matches it (such as 30 February or 31 April); "
+                   "choose a day that exists in the month(s) given"),
+])
+def test_a_refused_cron_gets_the_whole_message_with_what_to_change(expr, message):
+    with pytest.raises(CronError) as info:
+        validate_cron(expr, "POLL_CRON")
+    assert str(info.value) == message
+
+
+def test_the_error_line_of_a_dropped_expression_says_which_since_when_why_and_what_to_do(caplog):
+    with caplog.at_level(logging.ERROR, logger="poller.schedule"):
+        Schedule(DEFAULT_POLL_CRON).next_tick([meter(2, NEVER)], T0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "schedule '0 0 30 2 *' has no next fire time after 2026-01-01T12:00:00+00:00 (no date matches it any "
+        "more): its meters are not polled until their poll_cron (or POLL_CRON) changes"]
+
+
+def test_an_expression_croniter_cannot_read_is_dropped_with_croniter_s_own_reason(caplog):
+    """Schedule is total: an expression that never passed validate_cron costs its meters, with why."""
+    with pytest.raises(Exception) as croniter_says:  # noqa: B017 - whatever croniter raises is the reason
+        croniter("every minute", T0)
+    with caplog.at_level(logging.ERROR, logger="poller.schedule"):
+        s = Schedule("every minute")
+        assert s.next_tick([meter(1)], T0) == T0 + IDLE
+    assert [r.getMessage() for r in caplog.records] == [
+        f"schedule 'every minute' has no next fire time after 2026-01-01T12:00:00+00:00 ({croniter_says.value}): "
+        "its meters are not polled until their poll_cron (or POLL_CRON) changes"]
+    assert not isinstance(croniter_says.value, CroniterBadDateError)  # so not "no date matches it"

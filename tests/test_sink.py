@@ -4,16 +4,33 @@ by a real InfluxDB 1.x `/write` (strict: it rejects what InfluxDB 2 rejects)."""
 from __future__ import annotations
 
 import itertools
+import socket
+import threading
+import time
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poller.model import DataType, DeviceType, FunctionCode, Meter, Register
-from poller.sink import InfluxSink, SeriesKeys, StdoutSink, WriteError, reading_lines, series_key
+from poller.sink import (
+    InfluxSink,
+    SeriesKeys,
+    StdoutSink,
+    WriteError,
+    meter_tags,
+    parse_retry_after,
+    reading_lines,
+    series_key,
+    status_key,
+)
 from tests.servers import InfluxDB1, InfluxV2Bridge
 
 REG = Register(7, "sdm", 0, "voltage_l1", "V", DataType.FLOAT32, FunctionCode.READ_INPUT_REGISTERS)
@@ -172,6 +189,50 @@ def test_worked_example_of_the_docstring() -> None:
     assert "description=Main\\ board\\,\\ east\\=wing/," in series_key(meter, REG)
 
 
+@pytest.mark.parametrize(("text", "kept"), [
+    (" V", "V"),
+    ("Room 3\\East", "Room 3/East"),
+    ("Main board,\neast=wing\\", "Main board, east=wing/"),
+    ("XL meter X", "XL meter X"),
+    ("\u00a0kWh\u3000", "\u00a0kWh\u3000"),  # only spaces are trimmed: other blanks are text
+    ("a" * 255 + " b", "a" * 255),  # cut to 256 characters, then the trailing space goes too
+    ("a" * 255 + "\u00a0b", "a" * 255 + "\u00a0"),
+    ("é" * 300, "é" * 256),
+    (" \t\r\n ", ""),  # nothing left: the tag is left out
+])
+def test_what_a_tag_value_is_stored_as(text: str, kept: str) -> None:
+    """The module docstring's rules, as the `description` tag of a point (server-free twin of the
+    read-back tests above, which check the same rules against a real InfluxDB)."""
+    assert stored(text) == kept  # the oracle agrees with the table
+    tags = meter_tags(Meter(3, "gw", 502, 1, DTYPE, description=text))
+    assert tags.get("description") == (kept or None)
+
+
+def test_a_meter_without_a_description_has_no_description_tag() -> None:
+    meter = Meter(3, "gw", 502, 1, DTYPE, description=None)
+    assert series_key(meter, REG) == "voltage_l1,host=gw,meter=3,slave_address=1,type=sdm\\ 630,unit=V"
+    assert status_key(meter) == "poller_status,host=gw,meter=3,slave_address=1,type=sdm\\ 630"
+
+
+def test_a_measurement_name_escapes_comma_and_space_but_not_equals() -> None:
+    """The line protocol reference: in a measurement name only ',' and ' ' are escaped; a `\\=`
+    there would be stored by InfluxDB 2 as a backslash and an equals sign."""
+    reg = replace(REG, measurement="a=b c,d")
+    key = series_key(Meter(3, "gw", 502, 1, DTYPE), reg)
+    assert key == "a=b\\ c\\,d,host=gw,meter=3,slave_address=1,type=sdm\\ 630,unit=V"
+
+
+def test_series_keys_follow_a_meter_whose_row_changed() -> None:
+    keys = SeriesKeys()
+    meter = Meter(3, "gw", 502, 1, DTYPE, description="old")
+    first = keys.for_meter(meter)
+    assert keys.for_meter(meter) == first == {REG.id: series_key(meter, REG)}
+    moved = replace(meter, description="new")  # a reload gives a new Meter object for the changed row
+    assert keys.for_meter(moved) == {REG.id: series_key(moved, REG)} and "description=new" in keys.for_meter(moved)[7]
+    keys.forget_except(set())
+    assert keys.for_meter(meter) == first
+
+
 # --------------------------------------------------------------------------- through the v2 API
 
 
@@ -195,3 +256,219 @@ def test_influx_sink_writes_through_the_v2_bridge(influx: InfluxDB1) -> None:
     assert series["tags"] == {"description": "x/", "host": "gw forged", "meter": "9", "slave_address": "1",
                               "type": "sdm 630", "unit": "V"}
     assert series["values"] == [[T0, 1.5], [T0 + 1000, 2.5]]
+
+
+# --------------------------------------------------------------------------- InfluxSink's answers
+# A stand-in for InfluxDB's /api/v2/write in this process (a thread, nothing to start): it answers
+# as told and keeps each request as it arrived, so the answers a real server gives only in bad
+# times (503 with Retry-After, 429, 408, 401 ...) are tried through the real influxdb-client.
+
+
+@dataclass
+class Request:
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+class Answering:
+    """Answers every write with `status`, `headers` and `body` (a 204 by default)."""
+
+    def __init__(self) -> None:
+        self.reply: tuple[int, dict[str, str], bytes] = (204, {}, b"")  # one attribute: read at once
+        self.requests: list[Request] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                url = urlsplit(self.path)
+                status, headers, body = outer.reply
+                outer.requests.append(Request(url.path, parse_qs(url.query), dict(self.headers),
+                                              self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def answer(self, status: int, body: str = "", **headers: str) -> None:
+        self.reply = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body.encode())
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def answering() -> Iterator[Answering]:
+    stand_in = Answering()
+    yield stand_in
+    stand_in.close()
+
+
+@pytest.fixture
+def sink(answering: Answering) -> Iterator[InfluxSink]:
+    made = InfluxSink(answering.url, "s3cret", "emm", "energy", timeout_s=5)
+    yield made
+    made.close()
+
+
+LINES = ["voltage_l1,host=gw,meter=3 value=230.5 1700000000123", "voltage_l1,host=gw,meter=3 value=231.0 1700000001123"]
+
+
+def test_a_batch_is_one_plain_request_to_the_v2_write_api(answering: Answering, sink: InfluxSink) -> None:
+    """What InfluxDB receives: the lines as they are (no gzip: it cost more CPU than the decoding,
+    bench/README.md), in milliseconds, for the configured org and bucket, with the token; nothing
+    for an empty batch."""
+    sink.write(LINES)
+    sink.write([])
+    (request,) = answering.requests
+    assert request.path == "/api/v2/write"
+    assert request.query == {"org": ["emm"], "bucket": ["energy"], "precision": ["ms"]}
+    assert request.headers["Authorization"] == "Token s3cret"
+    assert "Content-Encoding" not in request.headers
+    assert request.body.decode() == "\n".join(LINES)
+
+
+BODY = '{"code":"invalid","message":"unable to parse \'voltage_l1,host=gw value=\': missing field value"}'
+
+
+@pytest.mark.parametrize(("status", "reason", "retryable"), [
+    (400, "Bad Request", False), (401, "Unauthorized", False), (403, "Forbidden", False),
+    (404, "Not Found", False), (413, "Request Entity Too Large", False), (422, "Unprocessable Entity", False),
+    (499, "", False),
+    (408, "Request Timeout", True), (429, "Too Many Requests", True), (500, "Internal Server Error", True),
+    (502, "Bad Gateway", True), (503, "Service Unavailable", True), (599, "", True),
+])
+def test_a_refusal_says_where_and_why_and_whether_retrying_can_help(answering: Answering, sink: InfluxSink,
+                                                                      status: int, reason: str,
+                                                                      retryable: bool) -> None:
+    """README's table: 5xx, 408 and 429 are an outage (kept and retried), any other 4xx goes to the
+    dead-letter file; the message names the server, the count, the status and InfluxDB's own words."""
+    answering.answer(status, BODY + "\n")
+    with pytest.raises(WriteError) as refused:
+        sink.write(LINES)
+    assert str(refused.value) == f"InfluxDB at {answering.url} refused 2 points: HTTP {status} {reason}: {BODY}"
+    assert refused.value.retryable is retryable
+    assert refused.value.retry_after is None  # no Retry-After header
+
+
+def test_a_refusal_without_a_body_and_a_long_body_cut_to_300_characters(answering: Answering,
+                                                                          sink: InfluxSink) -> None:
+    answering.answer(503)
+    with pytest.raises(WriteError) as empty:
+        sink.write(LINES[:1])
+    assert str(empty.value) == f"InfluxDB at {answering.url} refused 1 points: HTTP 503 Service Unavailable: "
+    long = "".join(f"[{i:03}]" for i in range(200))  # 1000 characters, each position readable
+    answering.answer(400, long)
+    with pytest.raises(WriteError) as cut:
+        sink.write(LINES[:1])
+    assert str(cut.value) == f"InfluxDB at {answering.url} refused 1 points: HTTP 400 Bad Request: {long[:300]}"
+
+
+@pytest.mark.parametrize(("status", "retry_after", "seconds"), [
+    (503, "120", 120.0), (429, " 7 ", 7.0), (429, "0", 0.0), (503, "soon", None),
+])
+def test_retry_after_of_a_429_or_503_is_handed_to_the_outbox(answering: Answering, sink: InfluxSink, status: int,
+                                                               retry_after: str, seconds: float | None) -> None:
+    answering.answer(status, Retry_After=retry_after)
+    with pytest.raises(WriteError) as refused:
+        sink.write(LINES)
+    assert refused.value.retryable and refused.value.retry_after == seconds
+
+
+def test_retry_after_as_an_http_date_is_the_seconds_until_then(answering: Answering, sink: InfluxSink) -> None:
+    later = datetime.now(UTC) + timedelta(seconds=90)
+    answering.answer(503, Retry_After=format_datetime(later, usegmt=True))
+    with pytest.raises(WriteError) as refused:
+        sink.write(LINES)
+    assert refused.value.retry_after is not None and 85 <= refused.value.retry_after <= 90
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    (None, None), ("120", 120.0), ("  30 ", 30.0), ("1.5", None), ("-5", None), ("in a minute", None), ("", None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: no wait
+    ("Wed, 21 Oct 2015 07:28:00 -0000", 0.0),  # RFC 5322's "UTC, zone unknown"
+])
+def test_retry_after_values(text: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(text) == seconds
+
+
+@pytest.mark.parametrize("form", [
+    "%a, %d %b %Y %H:%M:%S GMT",  # IMF-fixdate, what servers send
+    "%A, %d-%b-%y %H:%M:%S GMT",  # RFC 850, obsolete: RFC 9110 says recipients accept it
+    "%a %b %d %H:%M:%S %Y",  # asctime, obsolete, no zone: it means UTC
+    "%a, %d %b %Y %H:%M:%S -0000",
+    "%a, %d %b %Y %H:%M:%S +0200",  # not an HTTP date, but a zone is a zone
+])
+def test_retry_after_dates_in_every_form_are_read_in_their_zone(form: str) -> None:
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=600)
+    shown = later.astimezone(timezone(timedelta(hours=2))) if "+0200" in form else later
+    seconds = parse_retry_after(shown.strftime(form))
+    assert seconds is not None and 590 <= seconds <= 600, seconds
+
+
+def test_an_influxdb_nobody_answers_at_is_an_outage_that_names_the_cause() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = InfluxSink(f"http://127.0.0.1:{port}", "t", "emm", "energy", timeout_s=5)
+    try:
+        with pytest.raises(WriteError) as down:
+            sink.write(LINES + LINES[:1])
+    finally:
+        sink.close()
+    message = str(down.value)
+    assert message.startswith(f"InfluxDB at http://127.0.0.1:{port} is unreachable (NewConnectionError: ")
+    assert "Connection refused" in message and message.endswith("); 3 points not written")
+    assert down.value.retryable and down.value.retry_after is None
+
+
+def test_a_tls_handshake_that_fails_is_an_outage_not_a_refusal(answering: Answering) -> None:
+    """Regression (found by the mutation check): influxdb-client reports a TLS failure as an
+    ApiException with status 0; it was taken for a refusal (not retryable), and the outbox put
+    the batch in the dead-letter file, where README's table puts only 4xx answers."""
+    url = answering.url.replace("http://", "https://")  # TLS spoken to a plain-HTTP server
+    sink = InfluxSink(url, "t", "emm", "energy", timeout_s=5)
+    try:
+        with pytest.raises(WriteError) as tls:
+            sink.write(LINES)
+    finally:
+        sink.close()
+    assert tls.value.retryable and tls.value.retry_after is None
+    message = str(tls.value)
+    assert message.startswith(f"InfluxDB at {url} is unreachable (SSLError") and "HTTP" not in message
+    assert message.endswith("); 2 points not written")
+    assert not answering.requests
+
+
+def test_a_write_gives_up_after_its_timeout_once_the_outbox_retries_not_the_client() -> None:
+    """A host that never completes the connection: one write waits `timeout_s` once and reports an
+    outage, so the outbox can spool and back off; influxdb-client does not retry on its own."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        with socket.create_connection(listener.getsockname()):  # fills the backlog: later SYNs are dropped
+            sink = InfluxSink(f"http://127.0.0.1:{listener.getsockname()[1]}", "t", "emm", "energy", timeout_s=0.4)
+            try:
+                started = time.monotonic()
+                with pytest.raises(WriteError) as hung:
+                    sink.write(LINES)
+                took = time.monotonic() - started
+            finally:
+                sink.close()
+    assert hung.value.retryable and "timed out" in str(hung.value)
+    assert 0.35 <= took < 0.75, took  # one attempt of 0.4 s, not a second one
