@@ -6,6 +6,10 @@ VictoriaMetrics as the InfluxDB write API, measures the bare-pymodbus floor
 (bench.floor), runs `python -m poller` on a seconds schedule for --cycles
 cycles, checks every reading arrived, runs the original sequential design over
 a subset (bench.naive) and prints a table, then one line of JSON.
+
+--framer rtu does all of it with an RTU-over-TCP fleet (energy_meters.transport
+'rtuovertcp'); --framer both runs the Modbus TCP fleet and then the RTU one in
+the same run, and reports them side by side (the RTU results under `variants`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="float32 values per unit (2 registers each)")
     fleet.add_argument("--latency-ms", type=float, default=FleetSpec.latency_ms,
                        help="injected device latency before every reply")
+    fleet.add_argument("--framer", choices=("socket", "rtu", "both"), default="socket",
+                       help="socket: Modbus TCP gateways (energy_meters.transport 'tcp'); rtu: RTU over TCP "
+                            "(transparent serial servers, transport 'rtuovertcp'), floor and original design "
+                            "with pymodbus's RTU framer; both: the Modbus TCP fleet, then the RTU one, each with "
+                            "its floor, poller and original design, the RTU results under `variants`")
     run_ = p.add_argument_group("run")
     run_.add_argument("--cycles", type=int, default=100, help="poller cycles to run (warm-up included)")
     run_.add_argument("--warmup", type=int, default=3, help="first cycles left out of the timings")
@@ -50,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = FleetSpec(a.gateways, a.units, a.values, a.latency_ms)
     opts = Options(cycles=a.cycles, warmup=a.warmup, every_s=a.every_s, floor_rounds=a.floor_rounds,
                    naive_gateways=a.naive_gateways, profile_s=a.profile_s, poller_patch=a.poller_patch,
-                   compare_patch=a.compare_patch, out=a.out, json_out=a.json_out)
+                   compare_patch=a.compare_patch, out=a.out, json_out=a.json_out,
+                   framers=("socket", "rtu") if a.framer == "both" else (a.framer,))
     return run(spec, opts)
 
 

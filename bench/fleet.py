@@ -2,8 +2,8 @@
 
     python -m bench.fleet --gateways 100 --units 10 --values 30 --latency-ms 10
 
-binds one Modbus TCP server per gateway (all in one event loop, one process,
-so the poller's CPU time stays its own), prints one JSON line
+binds one Modbus TCP server per gateway (`--framer rtu`: RTU over TCP) on loopback,
+all in one event loop, one process, so the poller's CPU time stays its own; prints one JSON line
 {"ports": [...]} on stdout once every port listens, and serves until SIGTERM,
 then prints {"requests": N, ...} on stdout. Every unit of every gateway serves
 the same register map (`register_map`): `values` float32 input registers,
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from poller.model import DataType, FunctionCode, Register
 from virtual_server.device import make_device
-from virtual_server.server import ModbusTcpServer
+from virtual_server.server import Framer, SimulatedServer
 
 DEVICE_TYPE = "bench_meter"
 
@@ -78,20 +78,30 @@ def register_map(values: int) -> tuple[Register, ...]:
     return tuple(regs)
 
 
-def seed_sql(spec: FleetSpec, ports: list[int]) -> str:
-    """SQL that puts the fleet in an init.sql database (one device type, one row per unit)."""
-    out = [f"INSERT INTO device_types (name, description) VALUES ('{DEVICE_TYPE}', 'bench: simulated meter');"]
+TRANSPORTS: dict[Framer, str] = {"socket": "tcp", "rtu": "rtuovertcp"}  # energy_meters.transport per framer
+
+
+def seed_sql(spec: FleetSpec, ports: list[int], framer: Framer = "socket") -> str:
+    """SQL that puts the fleet in an init.sql database (one device type, one row per unit).
+
+    Replaces every energy_meters row; the rows' transport is the fleet's framing
+    ('tcp' for Modbus TCP, 'rtuovertcp' for RTU over TCP). The device type and its
+    registers are inserted only once, so that the SQL can be run again for another fleet.
+    """
+    out = [f"INSERT INTO device_types (name, description) VALUES ('{DEVICE_TYPE}', 'bench: simulated meter') "
+           "ON CONFLICT DO NOTHING;"]
     rows = []
     for reg in register_map(spec.values):
         unit = f"'{reg.unit}'" if reg.unit else "NULL"
         rows.append(f"('{DEVICE_TYPE}', {reg.address}, '{reg.measurement}', {unit}, "
                     f"{int(reg.data_type)}, {int(reg.function_code)})")
     out.append("INSERT INTO registers (type, register_address, measurement_name, data_unit, data_type, "
-               "function_code) VALUES\n" + ",\n".join(rows) + ";")
-    meters = [f"('127.0.0.1', {port}, {unit}, '{DEVICE_TYPE}', 'bench gateway {g} unit {unit}')"
+               "function_code) VALUES\n" + ",\n".join(rows) + "\nON CONFLICT DO NOTHING;")
+    transport = TRANSPORTS[framer]
+    meters = [f"('127.0.0.1', {port}, {unit}, '{DEVICE_TYPE}', 'bench gateway {g} unit {unit}', '{transport}')"
               for g, port in enumerate(ports) for unit in range(1, spec.units + 1)]
     out.append("DELETE FROM energy_meters;")
-    out.append("INSERT INTO energy_meters (host, port, slave_address, type, description) VALUES\n"
+    out.append("INSERT INTO energy_meters (host, port, slave_address, type, description, transport) VALUES\n"
                + ",\n".join(meters) + ";")
     return "\n".join(out) + "\n"
 
@@ -100,7 +110,7 @@ def _frozen(words: Mapping[tuple[int, int], int]) -> Callable[[], Mapping[tuple[
     return lambda: words
 
 
-async def serve(spec: FleetSpec, seed: int) -> int:
+async def serve(spec: FleetSpec, seed: int, framer: Framer = "socket") -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,9 +120,9 @@ async def serve(spec: FleetSpec, seed: int) -> int:
     for g in range(spec.gateways):
         words = make_device(f"{DEVICE_TYPE}-{g}", regs, seed).words()  # frozen: built once
         bank = _frozen(words)
-        servers.append(ModbusTcpServer(units=dict.fromkeys(range(1, spec.units + 1), bank),
+        servers.append(SimulatedServer(units=dict.fromkeys(range(1, spec.units + 1), bank),
                                        latency_s=spec.latency_ms / 1000.0))
-    ports = [await s.start("127.0.0.1", 0) for s in servers]
+    ports = [await s.start_tcp("127.0.0.1", 0, framer=framer) for s in servers]
     print(json.dumps({"ports": ports}), flush=True)
     await stop.wait()
     for s in servers:
@@ -130,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--values", type=int, default=FleetSpec.values)
     p.add_argument("--latency-ms", type=float, default=FleetSpec.latency_ms)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--framer", choices=("socket", "rtu"), default="socket",
+                   help="socket: Modbus TCP gateways (default); rtu: RTU over TCP (transparent serial servers)")
     a = p.parse_args(argv)
-    return asyncio.run(serve(FleetSpec(a.gateways, a.units, a.values, a.latency_ms), a.seed))
+    return asyncio.run(serve(FleetSpec(a.gateways, a.units, a.values, a.latency_ms), a.seed, a.framer))
 
 
 if __name__ == "__main__":

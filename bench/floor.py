@@ -2,11 +2,13 @@
 
     python -m bench.floor --rounds 5      (POSTGRES_* in the environment)
 
-One AsyncModbusTcpClient per gateway, all gateways in parallel, each sending
-the requests `poller.plan.plan_reads` gives for its meters, one at a time: no
-decoding, no line protocol, no writing. Connections are opened before the
-clock starts. Prints one JSON line: the wall time of each round and the CPU
-time (user + system) of this process per round and per reading.
+One bare-pymodbus AsyncModbusTcpClient per gateway, all gateways in parallel,
+each sending the requests `poller.plan.plan_device` gives for its meters, one at
+a time: no decoding, no line protocol, no writing. The framing is the meters'
+transport: Modbus TCP for 'tcp', pymodbus's RTU framer (FramerType.RTU) for
+'rtuovertcp'. Connections are opened before the clock starts. Prints one JSON
+line: the wall time of each round and the CPU time (user + system) of this
+process per round and per reading.
 """
 
 from __future__ import annotations
@@ -21,13 +23,25 @@ import sys
 import time
 
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.framer import FramerType
 
-from poller.model import FunctionCode, ReadBlock
-from poller.plan import plan_reads
+from poller.model import FunctionCode, ReadBlock, Transport
+from poller.plan import plan_device
 from poller.settings import from_env
 from poller.store import load_configuration
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+# pymodbus's framing for each transport the bench serves (bench.fleet --framer)
+FRAMERS = {Transport.TCP: FramerType.SOCKET, Transport.RTU_OVER_TCP: FramerType.RTU}
+Endpoint = tuple[str, int, Transport]  # host, port, transport
+
+
+def client_for(host: str, port: int, transport: Transport) -> AsyncModbusTcpClient:
+    """A bare-pymodbus client to host:port with the framing of `transport` (tcp or rtuovertcp)."""
+    if transport not in FRAMERS:
+        raise SystemExit(f"{host}:{port}: the bench serves tcp and rtuovertcp only, not {transport.value}")
+    return AsyncModbusTcpClient(host, port=port, framer=FRAMERS[transport], timeout=3, retries=0)
 
 
 def cpu_s() -> float:
@@ -35,8 +49,8 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def planned_requests() -> tuple[dict[tuple[str, int], list[tuple[int, ReadBlock]]], int]:
-    """{(host, port): [(unit, block), ...]} in the poller's order, and readings per round."""
+def planned_requests() -> tuple[dict[Endpoint, list[tuple[int, ReadBlock]]], int]:
+    """{(host, port, transport): [(unit, block), ...]} in the poller's order, and readings per round."""
     import psycopg2
 
     settings = from_env()
@@ -45,24 +59,25 @@ def planned_requests() -> tuple[dict[tuple[str, int], list[tuple[int, ReadBlock]
         config = load_configuration(conn)
     finally:
         conn.close()
-    by_endpoint: dict[tuple[str, int], list[tuple[int, ReadBlock]]] = {}
+    by_endpoint: dict[Endpoint, list[tuple[int, ReadBlock]]] = {}
     readings = 0
     for meter in config.meters:
         if not meter.enabled:
             continue
         dtype = meter.device_type
-        for block in plan_reads(dtype.registers, dtype.max_block, dtype.max_gap):
-            by_endpoint.setdefault(meter.endpoint, []).append((meter.slave_address, block))
+        endpoint = (meter.host, meter.port, meter.transport)
+        for block in plan_device(dtype):
+            by_endpoint.setdefault(endpoint, []).append((meter.slave_address, block))
             readings += len(block.registers)
     return by_endpoint, readings
 
 
 async def run(rounds: int) -> dict[str, object]:
     by_endpoint, readings = planned_requests()
-    clients = {ep: AsyncModbusTcpClient(ep[0], port=ep[1], timeout=3, retries=0) for ep in by_endpoint}
+    clients = {ep: client_for(*ep) for ep in by_endpoint}
     await asyncio.gather(*(c.connect() for c in clients.values()))
 
-    async def gateway(ep: tuple[str, int]) -> None:
+    async def gateway(ep: Endpoint) -> None:
         client = clients[ep]
         for unit, block in by_endpoint[ep]:
             if block.function_code is FunctionCode.READ_INPUT_REGISTERS:
@@ -87,6 +102,7 @@ async def run(rounds: int) -> dict[str, object]:
         c.close()
     return {
         "rounds": rounds,
+        "transports": sorted({ep[2].value for ep in by_endpoint}),
         "requests_per_round": sum(len(v) for v in by_endpoint.values()),
         "readings_per_round": readings,
         "wall_s": statistics.median(walls),

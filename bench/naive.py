@@ -2,8 +2,10 @@
 
 Every meter one after the other, every register its own request (count = the
 register's width), decoded with the poller's own functions and written with
-its InfluxDB sink, one write per meter. Run over a subset of the meters; the
-full-fleet time is the subset's time scaled by meters, since nothing overlaps.
+its InfluxDB sink, one write per meter; bare pymodbus with the framing of the
+meters' transport (Modbus TCP, or RTU for 'rtuovertcp', as bench.floor). Run over
+a subset of the meters; the full-fleet time is the subset's time scaled by
+meters, since nothing overlaps.
 """
 
 from __future__ import annotations
@@ -16,21 +18,23 @@ from collections.abc import Sequence
 from pymodbus.client import AsyncModbusTcpClient
 
 from poller.decode import apply_scaling, decode_raw
-from poller.model import FunctionCode, Meter
+from poller.model import FunctionCode, Meter, Transport
 from poller.sink import reading_lines, series_key
+
+from .floor import client_for
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 async def _poll(meters: Sequence[Meter], sink: object) -> tuple[int, int]:
-    clients: dict[tuple[str, int], AsyncModbusTcpClient] = {}
+    clients: dict[tuple[str, int, Transport], AsyncModbusTcpClient] = {}
     requests = readings = 0
     try:
         for meter in meters:
-            client = clients.get(meter.endpoint)
+            client = clients.get((meter.host, meter.port, meter.transport))
             if client is None:
-                client = clients[meter.endpoint] = AsyncModbusTcpClient(meter.host, port=meter.port, timeout=3,
-                                                                        retries=0)
+                client = client_for(meter.host, meter.port, meter.transport)
+                clients[(meter.host, meter.port, meter.transport)] = client
                 await client.connect()
             lines = []
             for reg in meter.device_type.registers:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.servers import ROOT, VictoriaMetrics, free_port, postgres_cluster, project_env, stop_process
+from virtual_server.server import Framer
 
 from . import profile
-from .fleet import FleetSpec, seed_sql
+from .fleet import TRANSPORTS, FleetSpec, seed_sql
 from .naive import run_naive
 
 # The poller's per-cycle line, read as key=value pairs so that fields added
@@ -40,6 +41,7 @@ def parse_cycle(line: str) -> dict[str, float] | None:
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DB = "emm_bench"
+FRAMER_TITLES = {"socket": "Modbus TCP", "rtu": "RTU over TCP"}
 
 
 @dataclass
@@ -52,12 +54,20 @@ class Options:
     profile_s: float = 0.0
     poller_patch: str | None = None
     compare_patch: str | None = None
+    framers: tuple[Framer, ...] = ("socket",)  # fleets, one after the other: "socket" (Modbus TCP), "rtu"
     out: str | None = None
     json_out: str | None = None
 
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def variant_label(framer: str, base: str) -> str:
+    """The label of a poller run: `poller`/`patched` on the Modbus TCP fleet, `rtu`/`patched-rtu` on RTU."""
+    if framer == "socket":
+        return base
+    return framer if base == "poller" else f"{base}-{framer}"
 
 
 class BenchVictoriaMetrics(VictoriaMetrics):
@@ -75,15 +85,21 @@ class BenchVictoriaMetrics(VictoriaMetrics):
             result = json.loads(r.read())["data"]["result"]
         return int(float(result[0]["value"][1])) if result else 0
 
-    def settled_samples(self, expected: int, timeout: float = 90.0) -> int:
-        """The stored sample count once it reaches `expected` or stops changing."""
+    def settled_samples(self, expected: int, timeout: float = 90.0, quiet_s: float = 10.0) -> int:
+        """The stored sample count once it reaches `expected`, or has not changed for `quiet_s`.
+
+        VictoriaMetrics makes series it has not seen before searchable a few seconds
+        after their first points (the next fleet's meters are new series: 2-4 s here),
+        so a count that stands still for a second is not yet a final one.
+        """
         deadline = time.monotonic() + timeout
-        last = -1
+        last, since = -1, time.monotonic()
         while True:
             now = self.samples()
-            if now == expected or (now == last and now > 0) or time.monotonic() > deadline:
+            if now != last:
+                last, since = now, time.monotonic()
+            if now == expected or time.monotonic() - since >= quiet_s or time.monotonic() > deadline:
                 return now
-            last = now
             time.sleep(1.0)
 
 
@@ -231,32 +247,30 @@ def run(spec: FleetSpec, opts: Options) -> int:
     opts.warmup = max(0, min(opts.warmup, opts.cycles - 2))
     work = Path(opts.out) if opts.out else Path(tempfile.mkdtemp(prefix="emm-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    say(f"fleet: {spec.describe()}; logs in {work}")
+    say(f"fleet: {spec.describe()}; framing {', '.join(FRAMER_TITLES[f] for f in opts.framers)}; logs in {work}")
     fleet_proc: subprocess.Popen[str] | None = None
     vm = BenchVictoriaMetrics()
+    per_framer: list[dict[str, Any]] = []
     try:
         with postgres_cluster() as pg:
             pg.create_database(DB)
-            fleet_proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.fleet", "--gateways", str(spec.gateways), "--units", str(spec.units),
-                 "--values", str(spec.values), "--latency-ms", str(spec.latency_ms)],
-                cwd=ROOT, env=project_env({}), stdout=subprocess.PIPE, text=True)
-            assert fleet_proc.stdout is not None
-            ready = fleet_proc.stdout.readline()
-            if not ready:
-                raise RuntimeError(f"the fleet exited with {fleet_proc.wait()} before listening")
-            ports = json.loads(ready)["ports"]
-            pg.psql(DB, input=seed_sql(spec, ports))
             vm.start()
             env = {**pg.env(DB), **vm.env()}
-            result = _measure(spec, opts, work, env, pg, vm)
-            fleet_stats = _stop_fleet(fleet_proc)
-            fleet_proc = None
-            result["fleet_requests_served"] = fleet_stats.get("requests")
+            stored = 0  # readings in VictoriaMetrics so far (earlier fleets' pollers and naive runs)
+            # one fleet at a time, the same size, on fresh ports; energy_meters rows replaced for each
+            for framer in opts.framers:
+                fleet_proc, ports = _start_fleet(spec, framer)
+                pg.psql(DB, input=seed_sql(spec, ports, framer))
+                result, stored = _measure(spec, opts, work, env, pg, vm, framer, stored)
+                fleet_stats = _stop_fleet(fleet_proc)
+                fleet_proc = None
+                result["fleet_requests_served"] = fleet_stats.get("requests")
+                per_framer.append(result)
     finally:
         if fleet_proc is not None:
             _stop_fleet(fleet_proc)
         vm.close()
+    result = _combine(per_framer)
     print(report(spec, opts, result))
     line = json.dumps({k: v for k, v in result.items() if k not in ("profile", "variants")}
                       | {"variants": {k: {kk: vv for kk, vv in v.items() if kk != "profile"}
@@ -264,8 +278,35 @@ def run(spec: FleetSpec, opts: Options) -> int:
     if opts.json_out:
         Path(opts.json_out).write_text(json.dumps(result, indent=1) + "\n")
     print(line, flush=True)
-    ok = result["readings"] == result["readings_logged"] and not result["not_written"]
+    ok = all(r["readings"] == r["readings_logged"] and not r["not_written"]
+             for r in [result, *result.get("variants", {}).values()])
     return 0 if ok else 1
+
+
+def _start_fleet(spec: FleetSpec, framer: Framer) -> tuple[subprocess.Popen[str], list[int]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.fleet", "--gateways", str(spec.gateways), "--units", str(spec.units),
+         "--values", str(spec.values), "--latency-ms", str(spec.latency_ms), "--framer", framer],
+        cwd=ROOT, env=project_env({}), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready = proc.stdout.readline()
+    if not ready:
+        raise RuntimeError(f"the fleet ({framer}) exited with {proc.wait()} before listening")
+    say(f"fleet: {FRAMER_TITLES[framer]} on {spec.gateways} loopback ports, pid {proc.pid}")
+    return proc, list(json.loads(ready)["ports"])
+
+
+def _combine(per_framer: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first fleet's result at the top level (as ever); the others' under `variants`, by label."""
+    main = per_framer[0]
+    variants: dict[str, Any] = main.pop("variants", {})
+    for other in per_framer[1:]:
+        others = other.pop("variants", {})
+        variants[variant_label(other["framer"], "poller")] = other
+        variants.update(others)
+    if variants:
+        main["variants"] = variants
+    return main
 
 
 def _stop_fleet(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -282,9 +323,13 @@ def _stop_fleet(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 
 def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg: Any,
-             vm: BenchVictoriaMetrics) -> dict[str, Any]:
+             vm: BenchVictoriaMetrics, framer: Framer = "socket", stored: int = 0) -> tuple[dict[str, Any], int]:
+    """Floor, poller (and patched copy), naive, against the fleet now in energy_meters.
+
+    `stored`: readings already in VictoriaMetrics; returned with this fleet's added.
+    """
     # 1. floor: the same planned requests, bare pymodbus, its own process
-    say(f"floor: {opts.floor_rounds} rounds of bare pymodbus")
+    say(f"floor: {opts.floor_rounds} rounds of bare pymodbus, {FRAMER_TITLES[framer]}")
     done = subprocess.run([sys.executable, "-m", "bench.floor", "--rounds", str(opts.floor_rounds)],
                           cwd=ROOT, env=project_env(env), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -298,17 +343,18 @@ def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg
     lower_bound = max(network_bound, floor["cpu_s_per_round"])
 
     # 2. the poller as in production, then a patched copy when asked
-    variants: list[tuple[str, str | None]] = [("poller", opts.poller_patch)]
+    variants: list[tuple[str, str | None]] = [(variant_label(framer, "poller"), opts.poller_patch)]
     if opts.compare_patch:
-        variants.append(("patched", opts.compare_patch))
+        variants.append((variant_label(framer, "patched"), opts.compare_patch))
     results = []
-    stored = 0
     for label, patch in variants:
         res = run_poller(label, poller_tree(patch, work), env, spec, opts, work, vm, stored)
         stored += res["readings"]
         res["cycle_vs_bound"] = res["cycle_s"] / lower_bound
+        res["cycle_vs_network_bound"] = res["cycle_s"] / network_bound
         res["cpu_vs_floor"] = res["cpu_us_per_reading"] / floor["cpu_us_per_reading"]
         res["patch"] = patch
+        res["framer"] = framer
         results.append(res)
 
     # 3. the original design over a subset, after the stored counts are checked
@@ -322,8 +368,8 @@ def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg
         with pg.connect(DB) as conn:
             config = load_configuration(conn)
         conn.close()
-        gws = sorted({m.endpoint for m in config.meters})[: opts.naive_gateways]
-        subset = [m for m in config.meters if m.endpoint in gws]
+        gws = sorted({(m.host, m.port) for m in config.meters})[: opts.naive_gateways]
+        subset = [m for m in config.meters if (m.host, m.port) in gws]
         say(f"naive: sequential, one request per register, {len(subset)} meters of {len(config.meters)}")
         sink = InfluxSink(vm.url, "test-token", "emm", "energy")
         try:
@@ -331,11 +377,14 @@ def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg
         finally:
             sink.close()
         naive["naive_s"] = naive["wall_s"] * len(config.meters) / len(subset)
+        stored = vm.settled_samples(stored + int(naive["readings"]))  # the next fleet's runs count from here
         del psycopg2
 
     main = results[0]
     out: dict[str, Any] = {
         "fleet": spec.describe(),
+        "framer": framer,
+        "transport": TRANSPORTS[framer],
         "gateways": spec.gateways, "units": spec.units, "values": spec.values, "latency_ms": spec.latency_ms,
         "readings_per_cycle": spec.readings_per_cycle,
         **{k: v for k, v in main.items() if k != "label"},
@@ -353,11 +402,32 @@ def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg
     }
     if len(results) > 1:
         out["variants"] = {r["label"]: {k: v for k, v in r.items() if k != "label"} for r in results[1:]}
-    return out
+    return out, stored
 
 
 def report(spec: FleetSpec, opts: Options, r: dict[str, Any]) -> str:
-    cols = [("poller/", r)] + [(f"{k} ({v['patch']})", v) for k, v in r.get("variants", {}).items()]
+    """The tables: one per fleet (Modbus TCP, RTU over TCP), each with its own bounds, then the comparison."""
+    variants = r.get("variants", {})
+    fleets = [r] + [v for v in variants.values() if "network_bound_s" in v]  # a fleet's own measurement
+    parts = [f"\nFleet: {spec.describe()}; {r['cycles']} cycles, every {opts.every_s} s, first {opts.warmup} "
+             "left out of timings."]
+    for f in fleets:
+        patched = [(f"{k} ({v['patch']})", v) for k, v in variants.items()
+                   if "network_bound_s" not in v and v.get("framer", "socket") == f.get("framer", "socket")]
+        parts.append(_fleet_report(spec, f, [("poller/", f), *patched], title=len(fleets) > 1))
+    if len(fleets) > 1:
+        parts.append("\nSide by side (same fleet size, same network bound, one run):")
+        for f in fleets:
+            parts.append(f"- {FRAMER_TITLES[f['framer']]}: cycle {f['cycle_s']:.3f} s = "
+                         f"{f['cycle_vs_network_bound']:.2f} x network bound {f['network_bound_s']:.3f} s "
+                         f"({f['cycle_vs_bound']:.2f} x lower bound {f['lower_bound_s']:.3f} s); "
+                         f"CPU {f['cpu_us_per_reading']:.2f} us per reading = {f['cpu_vs_floor']:.2f} x "
+                         f"its floor {f['floor_cpu_us_per_reading']:.2f} us")
+    return "\n".join(parts)
+
+
+def _fleet_report(spec: FleetSpec, r: dict[str, Any], cols: list[tuple[str, dict[str, Any]]],
+                  title: bool) -> str:
     head = "| measure | " + " | ".join(c for c, _ in cols) + " | bound / floor | target |"
     rows = [head, "|---|" + "---:|" * len(cols) + "---:|---|"]
 
@@ -370,6 +440,7 @@ def report(spec: FleetSpec, opts: Options, r: dict[str, Any]) -> str:
     row("cycle time p95", "cycle_p95_s", "{:.3f} s")
     row("cycle time max", "cycle_max_s", "{:.3f} s")
     row("cycle / lower bound", "cycle_vs_bound", "{:.2f} x", "", "<= 1.25")
+    row("cycle / network bound", "cycle_vs_network_bound", "{:.2f} x", f"{r['network_bound_s']:.3f} s")
     row("CPU per reading (poller process)", "cpu_us_per_reading", "{:.2f} us",
         f"{r['floor_cpu_us_per_reading']:.2f} us", "<= 1.5 x floor")
     row("CPU / bare-pymodbus floor", "cpu_vs_floor", "{:.2f} x", "", "<= 1.5")
@@ -380,18 +451,19 @@ def report(spec: FleetSpec, opts: Options, r: dict[str, Any]) -> str:
     row("readings logged", "readings_logged", "{}")
     row("peak RSS (VmHWM)", "rss_mb", "{:.1f} MB")
     row("RSS growth after warm-up", "rss_growth_pct", "{:+.2f} %", "", "< 5 %")
+    framer = r.get("framer", "socket")
     naive = ""
     if r.get("naive_s"):
         naive = (f"\nOriginal design (sequential, one request per register) over {r['naive_meters']} meters "
                  f"({r['naive_registers']} requests): {r['naive_measured_s']:.2f} s, i.e. "
                  f"{r['naive_s']:.1f} s for the whole fleet = {r['naive_vs_cycle']:.0f} x the poller's cycle "
                  f"({r['cycle_s']:.3f} s).")
+    pymodbus = "bare pymodbus" if framer == "socket" else "bare pymodbus, RTU framer"
     return "\n".join([
-        f"\nFleet: {spec.describe()}; {r['cycles']} cycles, every {opts.every_s} s, first {opts.warmup} "
-        "left out of timings.",
+        *([f"\n## {FRAMER_TITLES[framer]} (energy_meters.transport '{r.get('transport', 'tcp')}')"] if title else []),
         f"Lower bound {r['lower_bound_s']:.3f} s = max(network bound {r['network_bound_s']:.3f} s "
         f"[{r['planned_requests'] // spec.gateways} requests on the busiest gateway x {spec.latency_ms:g} ms], "
-        f"CPU floor {r['floor_cpu_s']:.3f} s [bare pymodbus, {r['planned_requests']} requests; its wall time "
+        f"CPU floor {r['floor_cpu_s']:.3f} s [{pymodbus}, {r['planned_requests']} requests; its wall time "
         f"{r['floor_wall_s']:.3f} s]).",
         "", *rows, naive,
         *[("\n" + profile.render(v["profile"], f"profile: {c}")) for c, v in cols if "profile" in v],

@@ -66,12 +66,33 @@ CREATE TABLE device_types (
     -- Device quirks: how long to wait for one reply, and a pause between requests
     -- (some gateways need it).
     timeout_s        real     NOT NULL DEFAULT 3   CHECK (timeout_s > 0 AND timeout_s <= 60),
-    request_pause_ms integer  NOT NULL DEFAULT 0   CHECK (request_pause_ms BETWEEN 0 AND 10000)
+    request_pause_ms integer  NOT NULL DEFAULT 0   CHECK (request_pause_ms BETWEEN 0 AND 10000),
+    -- More quirks (README, "Device quirks"); added after the first release, so they come
+    -- last here, in the order db/upgrade.sql adds them to an older database:
+    -- wait after connecting before the first request (Huawei SDongle, SmartLogger);
+    connect_pause_ms   integer NOT NULL DEFAULT 0 CONSTRAINT device_types_connect_pause_ms_check
+                           CHECK (connect_pause_ms BETWEEN 0 AND 60000),
+    -- close the connection once the bus's meters are read (devices allowing one client);
+    close_after_poll   boolean NOT NULL DEFAULT false,
+    -- one request per value (devices that refuse multi-register reads).
+    single_value_reads boolean NOT NULL DEFAULT false
 );
 
 -- ---------------------------------------------------------------------------
 -- The two tables of the original system, same column names and meanings.
 -- ---------------------------------------------------------------------------
+
+CREATE TABLE transports (
+    name        text PRIMARY KEY,
+    description text NOT NULL
+);
+COMMENT ON TABLE transports IS 'energy_meters.transport: how a meter''s requests reach it';
+
+INSERT INTO transports (name, description) VALUES
+    ('tcp',        'Modbus TCP to host:port (a meter or a Modbus TCP gateway)'),
+    ('rtuovertcp', 'RTU frames with CRC over TCP to host:port (a transparent serial server)'),
+    ('udp',        'Modbus UDP to host:port'),
+    ('serial',     'RTU on a local serial device: host is its path, e.g. /dev/ttyUSB0');
 
 CREATE TABLE energy_meters (
     id            serial  PRIMARY KEY,
@@ -83,9 +104,22 @@ CREATE TABLE energy_meters (
     -- NULL: the poller's POLL_CRON. Crontab format, a sixth field gives seconds.
     poll_cron     text    CHECK (poll_cron IS NULL OR poll_cron <> ''),
     enabled       boolean NOT NULL DEFAULT true,
-    UNIQUE (host, port, slave_address, type)
+    -- How requests reach the meter (README, "Transports"); added after the first release,
+    -- so last, in the order db/upgrade.sql adds them. The serial settings count for
+    -- transport 'serial' only (host is then the device path).
+    transport     text     NOT NULL DEFAULT 'tcp' CONSTRAINT energy_meters_transport_fkey
+                               REFERENCES transports (name) ON UPDATE CASCADE,
+    baudrate      integer  NOT NULL DEFAULT 9600 CONSTRAINT energy_meters_baudrate_check
+                               CHECK (baudrate BETWEEN 50 AND 4000000),
+    parity        text     NOT NULL DEFAULT 'N' CONSTRAINT energy_meters_parity_check
+                               CHECK (parity IN ('N', 'E', 'O')),
+    stopbits      smallint NOT NULL DEFAULT 1 CONSTRAINT energy_meters_stopbits_check CHECK (stopbits IN (1, 2)),
+    bytesize      smallint NOT NULL DEFAULT 8 CONSTRAINT energy_meters_bytesize_check CHECK (bytesize IN (7, 8)),
+    UNIQUE (host, port, slave_address, type),
+    CONSTRAINT energy_meters_serial_host_check CHECK (transport <> 'serial' OR host LIKE '/%')
 );
 COMMENT ON COLUMN energy_meters.slave_address IS 'Modbus unit id (0..255)';
+COMMENT ON COLUMN energy_meters.host IS 'host name or address; for transport serial, the device path';
 
 CREATE TABLE registers (
     id               serial   PRIMARY KEY,
@@ -163,7 +197,7 @@ BEGIN
     END IF;
 END
 $$;
-GRANT SELECT ON data_types, function_codes, byte_orders, device_types,
+GRANT SELECT ON data_types, function_codes, byte_orders, transports, device_types,
                 energy_meters, registers, config_version TO emm_reader;
 
 -- ---------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from .config import ConfigError, ConfigSource, ConfigWatcher
 from .cycle import Poller
 from .logsafe import setup_logging
-from .model import Meter
+from .model import DeviceType, Meter
 from .monitor import Monitor
 from .outbox import Outbox
-from .plan import plan_reads
+from .plan import plan_device
 from .schedule import Schedule, cron_interval_s
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
@@ -72,6 +72,20 @@ def make_outbox(settings: Settings, dry_run: bool, spool: bool) -> Outbox:
                   retry_max_s=settings.spool_retry_max_s)
 
 
+def device_quirks(dtype: DeviceType) -> list[str]:
+    """A device type's quirks as --check names them (the settings of README's "Device quirks")."""
+    quirks = []
+    if dtype.connect_pause_s:
+        quirks.append(f"connect_pause_ms={dtype.connect_pause_s * 1000:g}")
+    if dtype.request_pause_s:
+        quirks.append(f"request_pause_ms={dtype.request_pause_s * 1000:g}")
+    if dtype.close_after_poll:
+        quirks.append("close_after_poll")
+    if dtype.single_value_reads:
+        quirks.append("single_value_reads")
+    return quirks
+
+
 def check(settings: Settings) -> int:
     """--check: what the poller would read, and which rows it would skip and why."""
     logging.getLogger("poller.config").setLevel(logging.ERROR)  # the problems are printed below
@@ -85,10 +99,12 @@ def check(settings: Settings) -> int:
         source.close()
     for meter in config.meters:
         dtype = meter.device_type
-        blocks = plan_reads(dtype.registers, dtype.max_block, dtype.max_gap)
+        blocks = plan_device(dtype)
         state = "" if meter.enabled else " [disabled]"
+        quirks = device_quirks(dtype)
         print(f"{meter}{state}: {len(dtype.registers)} registers in {len(blocks)} requests "
-              f"({', '.join(str(b) for b in blocks)}), schedule {meter.poll_cron or settings.poll_cron!r}")
+              f"({', '.join(str(b) for b in blocks)}), schedule {meter.poll_cron or settings.poll_cron!r}"
+              + (f", quirks: {', '.join(quirks)}" if quirks else ""))
     for problem in config.problems:
         print(f"SKIPPED {problem}")
     print(f"{len(config.meters)} meters, {len(config.problems)} rows skipped")

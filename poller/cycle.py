@@ -1,4 +1,4 @@
-"""One poll cycle: plan -> read (all host:ports in parallel) -> decode -> hand the readings over.
+"""One poll cycle: plan -> read (all buses in parallel) -> decode -> hand the readings over.
 
 The cycle never writes to InfluxDB itself: each meter's lines go to an outbox
 (poller/outbox.py) the moment the meter is done, so a slow device or a slow
@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .decode import decode_block_values
-from .modbus import BUSY_CODES, SPLIT_CODES, Endpoint, ExceptionReply, ModbusError
-from .model import Meter, ReadBlock
-from .plan import plan_reads, split_block
+from .modbus import BUSY_CODES, SPLIT_CODES, ExceptionReply, ModbusError
+from .model import BusAddress, Meter, ReadBlock
+from .plan import plan_device, split_block
 from .sink import SeriesKeys, reading_lines
+from .transport import Bus, open_bus
 
 log = logging.getLogger("poller")
 
@@ -62,7 +63,7 @@ class CycleReport:
     meters_ok: int = 0
     meters_failed: int = 0
     meters_backed_off: int = 0
-    endpoints_busy: int = 0  # host:ports left out: still busy with an earlier cycle
+    endpoints_busy: int = 0  # buses left out: still busy with an earlier cycle
     readings: int = 0
     invalid: int = 0
     requests: int = 0
@@ -129,37 +130,36 @@ class DeviceHealth:
         self._reported = {r for r in self._reported if r[0] in meter_ids}
 
 
-EndpointKey = tuple[str, int]
-
-
 class Poller:
     """Keeps connections, learned plans and device state from cycle to cycle.
 
-    `connect` makes the Endpoint of a host:port (the transport seam: tests give
-    a fake one); the cycle itself never builds clients.
+    A bus (a host:port for the TCP kinds, a device path for serial) is polled one
+    request at a time; different buses in parallel. `connect` makes the client of
+    a bus (transport.open_bus; the seam tests give a fake bus through): the cycle
+    itself never builds clients.
     """
 
     def __init__(self, readings: Readings, max_parallel_endpoints: int = 256, status_points: bool = True,
-                 connect: Callable[[str, int], Endpoint] = Endpoint) -> None:
+                 connect: Callable[[BusAddress], Bus] = open_bus) -> None:
         self.readings = readings
         self.status_points = status_points  # write a poller_status point per meter and cycle
         self.connect = connect
-        self.endpoints: dict[EndpointKey, Endpoint] = {}
+        self.buses: dict[BusAddress, Bus] = {}
         self._plans: dict[int, tuple[Meter, tuple[ReadBlock, ...]]] = {}
         self.keys = SeriesKeys()
         self.health = DeviceHealth()
         self.max_parallel_endpoints = max_parallel_endpoints
         self._gate: asyncio.Semaphore | None = None
-        self._busy: set[EndpointKey] = set()  # host:ports with a poll under way
-        self._busy_reported: set[EndpointKey] = set()
+        self._busy: set[BusAddress] = set()  # buses with a poll under way
+        self._busy_reported: set[BusAddress] = set()
         self._crashed: set[int] = set()  # meters whose internal error was logged with its traceback
+        self._connect_pauses: dict[BusAddress, float] = {}  # per bus, for this cycle's meters
 
     def plan_for(self, meter: Meter) -> tuple[ReadBlock, ...]:
         cached = self._plans.get(meter.id)
         if cached is not None and cached[0] is meter:
             return cached[1]
-        dtype = meter.device_type
-        blocks = plan_reads(dtype.registers, dtype.max_block, dtype.max_gap)
+        blocks = plan_device(meter.device_type)
         self._plans[meter.id] = (meter, blocks)
         return blocks
 
@@ -171,42 +171,43 @@ class Poller:
         self.keys.forget_except(ids)
         self.health.forget_except(ids)
         self._crashed &= ids
-        wanted = {m.endpoint for m in meters}
-        for ep in [e for e in self.endpoints if e not in wanted]:
-            self.endpoints.pop(ep).close()
+        wanted = {m.bus for m in meters}
+        for address in [a for a in self.buses if a not in wanted]:
+            self.buses.pop(address).close()
+            self._connect_pauses.pop(address, None)
 
     def close(self) -> None:
-        for ep in self.endpoints.values():
-            ep.close()
-        self.endpoints.clear()
+        for bus in self.buses.values():
+            bus.close()
+        self.buses.clear()
 
     async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
-        """Poll the meters, every host:port in parallel; returns when all are read and handed over.
+        """Poll the meters, every bus in parallel; returns when all are read and handed over.
 
-        A host:port still busy with an earlier cycle (a slow or hung device)
-        is left out of this one and counted, so no device is ever polled by
-        two cycles at once and no device delays another.
+        A bus still busy with an earlier cycle (a slow or hung device) is left
+        out of this one and counted, so no device is ever polled by two cycles
+        at once and no device delays another.
         """
         started = time.monotonic()
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.max_parallel_endpoints)
-        by_endpoint: dict[EndpointKey, list[Meter]] = {}
+        by_bus: dict[BusAddress, list[Meter]] = {}
         for meter in meters:
-            by_endpoint.setdefault(meter.endpoint, []).append(meter)
+            by_bus.setdefault(meter.bus, []).append(meter)
         report = CycleReport()
-        busy = [k for k in by_endpoint if k in self._busy]
+        busy = [k for k in by_bus if k in self._busy]
         if busy:
-            skipped = sum(len(by_endpoint.pop(k)) for k in busy)
+            skipped = sum(len(by_bus.pop(k)) for k in busy)
             report.endpoints_busy = len(busy)
             fresh = [k for k in busy if k not in self._busy_reported]
             self._busy_reported.update(busy)
-            names = ", ".join(f"{h}:{p}" for h, p in (fresh or busy)[:5]) + (" ..." if len(busy) > 5 else "")
+            names = ", ".join(str(a) for a in (fresh or busy)[:5]) + (" ..." if len(busy) > 5 else "")
             log.log(logging.WARNING if fresh else logging.DEBUG,
-                    "%d host:port(s) still busy with an earlier cycle (%s): their %d meter(s) skip this tick",
+                    "%d bus(es) still busy with an earlier cycle (%s): their %d meter(s) skip this tick",
                     len(busy), names, skipped)
-        for key in by_endpoint:  # claimed now, before any await: a concurrent cycle sees them busy
-            self._busy.add(key)
-        groups = await asyncio.gather(*(self._poll_endpoint(k, g) for k, g in by_endpoint.items()))
+        for address in by_bus:  # claimed now, before any await: a concurrent cycle sees them busy
+            self._busy.add(address)
+        groups = await asyncio.gather(*(self._poll_bus(a, g) for a, g in by_bus.items()))
         for results in groups:
             for res in results:
                 report.results.append(res)
@@ -222,35 +223,39 @@ class Poller:
         report.duration_s = time.monotonic() - started
         return report
 
-    async def _poll_endpoint(self, key: EndpointKey, meters: list[Meter]) -> list[MeterResult]:
-        """Every meter behind one host:port, one request at a time."""
+    async def _poll_bus(self, address: BusAddress, meters: list[Meter]) -> list[MeterResult]:
+        """Every meter on one bus, one request at a time."""
         assert self._gate is not None
         results: list[MeterResult] = []
-        endpoint: Endpoint | None = None
+        bus: Bus | None = None
         try:
             async with self._gate:
-                endpoint = self.endpoints.get(key)
-                if endpoint is None:
-                    endpoint = self.endpoints[key] = self.connect(*key)
+                bus = self.buses.get(address)
+                if bus is None:
+                    bus = self.buses[address] = self.connect(address)
+                # the bus's meters share its connection: it waits the longest pause any of them needs
+                self._connect_pauses[address] = max(m.device_type.connect_pause_s for m in meters)
                 for meter in meters:
-                    result = await self._poll_one(endpoint, meter)
+                    result = await self._poll_one(bus, meter)
                     results.append(result)
                     if self.status_points:
                         result.lines.append(self.keys.status_line(meter, result))
                     self.readings.put(result.lines)
+                if any(m.device_type.close_after_poll for m in meters):
+                    bus.close()  # the quirk of devices that allow one client: the next poll reconnects
         finally:
-            self._busy.discard(key)
-            if endpoint is not None and self.endpoints.get(key) is not endpoint:
-                endpoint.close()  # dropped from the configuration while it was being polled
+            self._busy.discard(address)
+            if bus is not None and self.buses.get(address) is not bus:
+                bus.close()  # dropped from the configuration while it was being polled
         if all(r.ok for r in results):  # healthy again: a new busy streak is worth a WARNING
-            self._busy_reported.discard(key)
+            self._busy_reported.discard(address)
         return results
 
-    async def _poll_one(self, endpoint: Endpoint, meter: Meter) -> MeterResult:
+    async def _poll_one(self, bus: Bus, meter: Meter) -> MeterResult:
         if self.health.backing_off(meter):
             return MeterResult(meter, backed_off=True, time_ms=time.time_ns() // 1_000_000)
         try:
-            result = await self.poll_meter(endpoint, meter)
+            result = await self.poll_meter(bus, meter)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug: contained to this meter, logged with its traceback once
@@ -259,14 +264,14 @@ class Poller:
                 log.exception("%s: internal error while polling (a bug; please report it)", meter)
             result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
             result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
-            endpoint.close()  # its state is unknown now
+            bus.close()  # its state is unknown now
         if result.ok:
             self.health.ok(meter)
         else:
             self.health.failed(meter, str(result.error))
         return result
 
-    async def poll_meter(self, endpoint: Endpoint, meter: Meter) -> MeterResult:
+    async def poll_meter(self, bus: Bus, meter: Meter) -> MeterResult:
         """Read a meter's blocks, splitting any the device refuses; decode what arrived.
 
         Readings of the blocks read before a failure are kept: they were read.
@@ -277,7 +282,7 @@ class Poller:
         started = time.monotonic()
         read: list[tuple[ReadBlock, list[int], int]] = []
         try:
-            await self._read_blocks(endpoint, meter, result, read)
+            await self._read_blocks(bus, meter, result, read)
         except asyncio.CancelledError:
             self._decode(meter, result, read, started)
             self.readings.put(result.lines)
@@ -285,7 +290,7 @@ class Poller:
         self._decode(meter, result, read, started)
         return result
 
-    async def _read_blocks(self, endpoint: Endpoint, meter: Meter, result: MeterResult,
+    async def _read_blocks(self, bus: Bus, meter: Meter, result: MeterResult,
                            read: list[tuple[ReadBlock, list[int], int]]) -> None:
         queue = list(self.plan_for(meter))
         kept: list[ReadBlock] = []
@@ -295,7 +300,7 @@ class Poller:
             block = queue[i]
             i += 1
             try:
-                words = await self._read(endpoint, meter, block, result)
+                words = await self._read(bus, meter, block, result)
             except ExceptionReply as exc:
                 if exc.code in SPLIT_CODES and len(block.registers) > 1:
                     queue[i:i] = split_block(block)  # read both halves next
@@ -329,12 +334,13 @@ class Poller:
         result.readings = len(result.lines)
         result.duration_s = time.monotonic() - started
 
-    async def _read(self, endpoint: Endpoint, meter: Meter, block: ReadBlock, result: MeterResult) -> list[int]:
+    async def _read(self, bus: Bus, meter: Meter, block: ReadBlock, result: MeterResult) -> list[int]:
         dtype = meter.device_type
         for attempt, backoff in enumerate((*BUSY_RETRIES, None)):
             result.requests += 1
             try:
-                return await endpoint.read(block, meter.slave_address, dtype.timeout_s, dtype.request_pause_s)
+                return await bus.read(block, meter.slave_address, dtype.timeout_s, pause=dtype.request_pause_s,
+                                      connect_pause=self._connect_pauses.get(meter.bus, dtype.connect_pause_s))
             except ModbusError as exc:
                 result.errors += 1
                 if not isinstance(exc, ExceptionReply) or exc.code not in BUSY_CODES or backoff is None:

@@ -1,28 +1,32 @@
-"""Modbus TCP reads: one connection and one request at a time per host:port.
+"""Modbus on the wire: framings, connections and the errors of a read.
 
 Only function codes 3 and 4 are ever sent. This module knows nothing of the
-database or InfluxDB; it turns a ReadBlock into 16-bit words or a ModbusError.
+database or InfluxDB, nor of which bus a meter is on (poller/transport.py
+makes the buses); it turns a request into bytes, bytes into a checked reply,
+and says what went wrong as a ModbusError.
 
-Three layers, so other framings (RTU over TCP, UDP, serial RTU) can be added
-beside MBAP without touching the rest:
-- a framing (`MbapFraming`): pure functions from a `Request` to bytes and from
-  bytes back to a `Reply`, checking everything the reply must echo;
-- a connection (`StreamConnection`): an asyncio Protocol that feeds the bytes
-  of a byte stream to its framing, one request at a time, and never raises
-  into the event loop;
-- an `Endpoint`: one host:port, its lock, its pause, its transaction ids, and
-  the errors the cycle reports.
+Two layers:
+- a framing (`MbapFraming` for Modbus TCP and UDP, `RtuFraming` for RTU over a
+  serial line or a TCP socket): pure functions from a `Request` to bytes and
+  from bytes back to a `Reply`, checking everything the reply must echo;
+- a connection, carrying one request at a time in a framing's frames and never
+  raising into the event loop: `StreamConnection` (an asyncio Protocol on a
+  byte stream: any stray byte drops it), `DatagramConnection` (one reply per
+  datagram: a datagram that is not the reply is ignored) and
+  `SerialConnection` (a serial port's fd: bytes that are no reply are noise,
+  thrown away, and the time the line was last busy is kept for the silence
+  between frames).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from .model import MAX_REGISTERS_PER_READ, FunctionCode, ReadBlock
 
@@ -110,10 +114,11 @@ class FrameError(ValueError):
 
 
 class Framing(Protocol):
-    """How requests and replies are put on the wire (MBAP now; RTU, UDP later)."""
+    """How requests and replies are put on the wire (MBAP, RTU)."""
 
     name: str
     max_frame: int  # no reply is longer: more bytes than this are never buffered
+    transaction_ids: bool  # whether a reply names its request (MBAP), or only echoes unit and function (RTU)
 
     def encode(self, request: Request) -> bytes:
         """The request's bytes; ValueError for a request that cannot be sent."""
@@ -130,6 +135,18 @@ class Framing(Protocol):
     def decode(self, frame: bytes | bytearray, request: Request) -> Reply:
         """The reply in `frame` (exactly one whole reply); FrameError unless every check passes."""
         ...
+
+
+def assemble(framing: Framing, buffer: bytearray, data: bytes, request: Request) -> Reply | None:
+    """Add `data` to the bytes of the reply being received: the reply once it is whole, else
+    None; FrameError as soon as the bytes cannot be the reply (or are more than one can hold)."""
+    if len(buffer) + len(data) > framing.max_frame:
+        raise FrameError(f"{len(buffer) + len(data)} bytes, more than a reply can hold ({framing.max_frame})")
+    buffer += data
+    size = framing.frame_size(buffer, request)
+    if size is None or len(buffer) < size:
+        return None
+    return framing.decode(buffer, request)  # also fails on bytes past the end
 
 
 def check_request(request: Request) -> None:
@@ -165,6 +182,7 @@ class MbapFraming:
     name = "Modbus TCP"
     header = _MBAP.size
     max_frame = 6 + 254
+    transaction_ids = True
 
     def encode(self, request: Request) -> bytes:
         check_request(request)
@@ -217,8 +235,91 @@ class MbapFraming:
 MBAP = MbapFraming()
 
 
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes | bytearray) -> int:
+    """CRC-16/MODBUS (polynomial 0xA001 reflected, start 0xFFFF), sent low byte first.
+
+    crc16(bytes.fromhex("11 03 006B 0003")) == 0x8776, so the frame ends 76 87.
+    """
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
+    return crc
+
+
+_RTU_READ = struct.Struct(">BBHH")  # unit id, function code, start address, count (the CRC follows)
+
+
+class RtuFraming:
+    """Modbus RTU: unit id, the PDU, CRC-16 low byte first (Modbus over Serial Line, 2.5.1).
+
+    A read of 3 holding registers from 107 (0x6B), unit 17:
+        request  11  03 00 6B 00 03  76 87
+        reply    11  03 06 02 2B 00 00 00 64  C8 BA     -> words 0x022B, 0x0000, 0x0064
+        refused  11  83 02  C1 34                       -> exception 2
+    There is no transaction id and no length field: a reply must come from the unit asked,
+    echo the function code (or it with 0x80 and one exception byte, 5 bytes in all), carry
+    a byte count of twice the count asked, be exactly that long, and end in its CRC.
+    Unit 0 is the serial line's broadcast address: no device answers a read sent to it.
+    """
+
+    name = "Modbus RTU"
+    max_frame = 256  # 5 + 2 * 125 = 255 for the longest read
+    transaction_ids = False
+
+    def encode(self, request: Request) -> bytes:
+        check_request(request)
+        if request.unit == 0:
+            raise ValueError("unit id 0 is the broadcast address of a serial line: no device answers a read to it")
+        pdu = _RTU_READ.pack(request.unit, request.function_code, request.address, request.count)
+        return pdu + crc16(pdu).to_bytes(2, "little")
+
+    def frame_size(self, data: bytes | bytearray, request: Request) -> int | None:
+        n = len(data)
+        if n >= 1 and data[0] != request.unit:
+            raise FrameError(f"reply from unit {data[0]}, not from the unit asked ({request.unit})")
+        if n < 2:
+            return None
+        fc = data[1]
+        if fc == request.function_code | 0x80:
+            return 5  # unit, function code | 0x80, exception code, CRC
+        if fc != request.function_code:
+            raise FrameError(f"function code {fc} in the reply to function {request.function_code}")
+        if n >= 3 and data[2] != 2 * request.count:
+            raise FrameError(f"byte count {data[2]} for {request.count} registers ({2 * request.count} expected)")
+        return 5 + 2 * request.count  # unit, function code, byte count, the words, CRC
+
+    def decode(self, frame: bytes | bytearray, request: Request) -> Reply:
+        size = self.frame_size(frame, request)
+        if size is None or len(frame) < size:
+            raise FrameError(f"reply cut short after {len(frame)} byte(s)")
+        if len(frame) > size:
+            raise FrameError(f"{len(frame) - size} byte(s) after the end of the reply")
+        sent, computed = int.from_bytes(frame[-2:], "little"), crc16(frame[:-2])
+        if sent != computed:
+            raise FrameError(f"CRC {sent:04X} does not match the frame's ({computed:04X}): damaged on the line")
+        if frame[1] & 0x80:
+            return Reply(exception=frame[2])
+        return Reply(words=struct.unpack_from(f">{request.count}H", frame, 3))
+
+
+RTU = RtuFraming()
+
+
 # ---------------------------------------------------------------------------------------------
-# Connection: bytes in, replies out
+# Byte streams: bytes in, replies out
 
 
 class ConnectionClosed(ConnectionError):
@@ -301,19 +402,13 @@ class StreamConnection(asyncio.Protocol):
         if request is None:
             self._drop(FrameError(f"{len(data)} byte(s) arrived with no request in flight"))
             return
-        if len(self._buffer) + len(data) > self.framing.max_frame:
-            self._drop(FrameError(f"{len(self._buffer) + len(data)} bytes, more than a reply can hold "
-                                  f"({self.framing.max_frame})"))
-            return
-        self._buffer += data
         try:
-            size = self.framing.frame_size(self._buffer, request)
-            if size is None or len(self._buffer) < size:
-                return  # wait for the rest
-            reply = self.framing.decode(self._buffer, request)  # also fails on bytes past the end
+            reply = assemble(self.framing, self._buffer, data, request)
         except FrameError as exc:
             self._drop(exc)
             return
+        if reply is None:
+            return  # wait for the rest
         self._buffer.clear()
         self._request, future, self._reply = None, self._reply, None
         if future is not None and not future.done():
@@ -333,98 +428,245 @@ class StreamConnection(asyncio.Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# Endpoint: what the cycle uses
+# Datagrams: one whole reply per datagram, or none
 
 
-class Endpoint:
-    """One host:port (a meter or a gateway fronting many unit ids)."""
+class DatagramConnection(asyncio.DatagramProtocol):
+    """One UDP socket, connected to the device, carrying one request at a time in `framing`'s frames.
 
-    def __init__(self, host: str, port: int, connect_timeout: float = 3.0) -> None:
-        self.host = host
-        self.port = port
-        self.connect_timeout = connect_timeout
-        self.framing: Framing = MBAP
-        self._connection: StreamConnection | None = None
-        self._lock = asyncio.Lock()  # one request in flight, whatever the caller does
-        self._last_reply = 0.0  # monotonic time the last request ended
-        self._transaction = 0  # last transaction id sent; ids run 1..65535, never 0
+    A datagram is a whole reply or none, so there is no stream to fall out of step with:
+    a datagram that is not the reply to the request in flight (another transaction id: a
+    reply that came after its request timed out, a duplicate, a stranger; or nothing in
+    flight) is ignored and counted in `ignored`. One with the right transaction id is the
+    reply, checked whole: anything wrong in it fails the request (FrameError). An ICMP
+    error (port unreachable) fails the request in flight with that OSError.
+    """
 
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+    def __init__(self, framing: Framing) -> None:
+        self.framing = framing
+        self.transport: asyncio.DatagramTransport | None = None
+        self.closed: str | None = None
+        self.ignored = 0  # datagrams that were no reply to the request in flight
+        self.peer = "?"
+        self._request: Request | None = None
+        self._reply: asyncio.Future[Reply] | None = None
 
-    async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0) -> list[int]:
-        """Read one block from one unit id; the words, exactly `block.count` of them.
+    @property
+    def usable(self) -> bool:
+        return self.closed is None and self.transport is not None and not self.transport.is_closing()
 
-        `pause`: the least time between the end of one request on this
-        host:port and the start of the next (a quirk of some gateways).
-        Raises a ModbusError (or CancelledError), nothing else.
+    @property
+    def received(self) -> int:
+        return 0  # a datagram is never half received
+
+    def send(self, request: Request, frame: bytes) -> asyncio.Future[Reply]:
+        """Send `frame` (the encoded `request`) in one datagram; the future is its checked reply.
+
+        The future fails with FrameError, OSError (an ICMP error) or ConnectionClosed.
         """
-        async with self._lock:
-            if pause:
-                wait = self._last_reply + pause - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            try:
-                return await self._read(block, unit, timeout)
-            finally:
-                self._last_reply = time.monotonic()
+        if self._request is not None:
+            raise RuntimeError("a request is already in flight on this socket")
+        if self.closed is not None or self.transport is None:
+            raise ConnectionClosed(self.closed or "not connected")
+        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._request, self._reply = request, reply
+        self.transport.sendto(frame)  # an error here comes back through error_received
+        return reply
 
-    def close(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            connection.close("connection closed by the poller")
+    def abandon(self) -> None:
+        """Forget the request in flight (timed out or cancelled): its reply, if it ever comes, is ignored."""
+        self._request = self._reply = None
 
-    def _next_transaction(self) -> int:
-        self._transaction = self._transaction % 0xFFFF + 1
-        return self._transaction
+    def close(self, reason: str) -> None:
+        self._finish(ConnectionClosed(reason))
+        if self.closed is None:
+            self.closed = reason
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
-    async def _read(self, block: ReadBlock, unit: int, timeout: float) -> list[int]:
-        request = Request(self._next_transaction(), unit, int(block.function_code), block.address, block.count)
+    # asyncio.DatagramProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.peer = str(transport.get_extra_info("peername"))
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
-            frame = self.framing.encode(request)
-        except ValueError as exc:
-            raise BadRequest(f"{self} unit {unit}, {block}: not sent: {exc}") from None
-        connection = await self._connected(timeout)
-        try:
-            async with asyncio.timeout(timeout):
-                reply = await connection.send(request, frame)
-        except TimeoutError:
-            received = connection.received
-            self.close()
-            if received:
-                raise ResponseTimeout(f"no complete reply from {self} unit {unit} to {block} within {timeout:g} s "
-                                      f"({received} byte(s) arrived)") from None
-            raise ResponseTimeout(f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
-        except (FrameError, ConnectionClosed) as exc:
-            self.close()
-            raise BadReply(f"{self} unit {unit}, {block}: {exc}") from None
-        except BaseException:
-            self.close()  # cancelled: a reply still on its way must not be taken as the next one's
-            raise
-        if reply.exception is not None:
-            raise ExceptionReply(reply.exception, block, unit)
-        return list(reply.words)
+            self._take(data)
+        except Exception as exc:  # pragma: no cover - a bug here fails the read, not the event loop
+            self._finish(FrameError(f"internal error reading the reply ({type(exc).__name__}: {exc})"))
 
-    async def _connected(self, timeout: float) -> StreamConnection:
-        if self._connection is not None and self._connection.usable:
-            return self._connection
-        self.close()
-        limit = max(timeout, self.connect_timeout)
-        connection = StreamConnection(self.framing)
+    def error_received(self, exc: Exception) -> None:
+        if self._request is None:
+            log.debug("%s: %s with no request in flight", self.peer, exc)
+            return
+        self._finish(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = self.closed or "socket closed" + (f" ({exc})" if exc else "")
+        self._finish(ConnectionClosed(self.closed))
+
+    # inside
+
+    def _take(self, data: bytes) -> None:
+        request = self._request
+        if request is None or len(data) < 2 or int.from_bytes(data[:2], "big") != request.transaction:
+            self.ignored += 1
+            log.debug("%s: ignored a datagram of %d byte(s) that is not the reply to the request in flight "
+                      "(%d so far)", self.peer, len(data), self.ignored)
+            return
         try:
-            async with asyncio.timeout(limit):
-                await asyncio.get_running_loop().create_connection(lambda: connection, self.host, self.port)
-        except TimeoutError:
-            raise ConnectError(f"cannot connect to {self}: no answer within {limit:g} s") from None
-        except socket.gaierror as exc:
-            raise ConnectError(f"cannot connect to {self}: name not resolved ({exc.strerror})") from None
-        except UnicodeError as exc:  # the idna codec: '192.168..10', '.meter', a label over 63 characters
-            raise ConnectError(f"cannot connect to {self}: not a valid host name ({exc})") from None
-        except ConnectionRefusedError:
-            raise ConnectError(f"cannot connect to {self}: connection refused") from None
+            reply: Reply | Exception = self.framing.decode(data, request)
+        except FrameError as exc:
+            reply = exc
+        self._finish(reply)
+
+    def _finish(self, outcome: Reply | Exception) -> None:
+        future, self._request, self._reply = self._reply, None, None
+        if future is None or future.done():
+            return
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serial line: a file descriptor, frames told apart by silence
+
+
+class SerialConnection:
+    """RTU frames on an open serial port's file descriptor, read with the loop's add_reader.
+
+    A serial line has no connection to drop and no transaction ids. Bytes that are not the
+    reply to the request in flight (noise, the rest of a reply that went wrong, a reply
+    that came after its request timed out) are read and thrown away, counted in `noise`;
+    `last_activity` says when the line was last busy (the last byte seen, or the end of the
+    last byte sent as the baud rate reckons it), so the bus can keep the inter-frame
+    silence before its next request. A reply fails its request at its first wrong byte.
+    A read or write error (the adapter unplugged, the pty's other end gone) breaks the
+    connection for good. Nothing here raises into the event loop; the fd stays its
+    owner's to close, after close().
+    """
+
+    def __init__(self, fd: int, framing: Framing, char_time_s: float, name: str = "?") -> None:
+        self.fd = fd
+        self.framing = framing
+        self.char_time_s = char_time_s
+        self.peer = name
+        self.closed: str | None = None
+        self.noise = 0  # bytes read that were no reply to anything
+        self.last_activity = time.monotonic()
+        self._buffer = bytearray()
+        self._request: Request | None = None
+        self._reply: asyncio.Future[Reply] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, self._readable)
+
+    @property
+    def usable(self) -> bool:
+        return self.closed is None
+
+    @property
+    def received(self) -> int:
+        """Bytes of the current reply received so far."""
+        return len(self._buffer)
+
+    def discard_input(self) -> None:
+        """Read whatever is waiting now, as noise (the bus calls this just before sending)."""
+        while self.closed is None and self._request is None and self._read_once():
+            pass
+
+    def send(self, request: Request, frame: bytes) -> asyncio.Future[Reply]:
+        """Write `frame` (the encoded `request`); the future is its checked reply.
+
+        The future fails with FrameError (a wrong reply) or ConnectionClosed.
+        """
+        if self._request is not None:
+            raise RuntimeError("a request is already in flight on this line")
+        if self.closed is not None:
+            raise ConnectionClosed(self.closed)
+        reply: asyncio.Future[Reply] = self._loop.create_future()
+        self._buffer.clear()
+        self._request, self._reply = request, reply
+        try:
+            written = os.write(self.fd, frame)  # 8 bytes: the driver's buffer takes them at once
+        except BlockingIOError:
+            written = 0
         except OSError as exc:
-            raise ConnectError(f"cannot connect to {self}: {exc.strerror or exc}") from None
-        except Exception as exc:  # e.g. OverflowError for a port outside 0..65535
-            raise ConnectError(f"cannot connect to {self}: {type(exc).__name__}: {exc}") from None
-        self._connection = connection
-        return connection
+            self._break(f"the serial device failed ({exc.strerror or exc})")
+            return reply
+        if written != len(frame):
+            self._break(f"the serial port took {written} of the request's {len(frame)} bytes (output blocked)")
+            return reply
+        self.last_activity = time.monotonic() + len(frame) * self.char_time_s  # when its last bit leaves
+        return reply
+
+    def abandon(self) -> None:
+        """Forget the request in flight (timed out or cancelled): what comes for it now is noise."""
+        self._buffer.clear()
+        self._request = self._reply = None
+
+    def close(self, reason: str) -> None:
+        """Stop reading the fd; a request in flight fails with `reason`."""
+        self._break(reason)
+
+    # inside
+
+    def _readable(self) -> None:
+        try:
+            self._read_once()
+        except Exception as exc:  # pragma: no cover - a bug here fails the read, not the event loop
+            self._fail(FrameError(f"internal error reading the reply ({type(exc).__name__}: {exc})"))
+
+    def _read_once(self) -> bool:
+        """Read what is there; False when nothing was."""
+        if self.closed is not None:
+            return False
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._break(f"the serial device failed ({exc.strerror or exc})")
+            return False
+        if not data:
+            self._break("the serial device hung up (end of file)")
+            return False
+        self.last_activity = time.monotonic()
+        self._take(data)
+        return True
+
+    def _take(self, data: bytes) -> None:
+        request = self._request
+        if request is None:
+            self.noise += len(data)
+            log.debug("%s: %d byte(s) with no request in flight thrown away (%d so far)",
+                      self.peer, len(data), self.noise)
+            return
+        try:
+            reply = assemble(self.framing, self._buffer, data, request)
+        except FrameError as exc:
+            self._fail(exc)
+            return
+        if reply is None:
+            return  # wait for the rest
+        future = self._reply
+        self.abandon()
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    def _fail(self, error: Exception) -> None:
+        """The request in flight fails; the line stays open, and what follows on it is noise."""
+        future = self._reply
+        self.abandon()
+        if future is not None and not future.done():
+            log.debug("%s: reply refused: %s", self.peer, error)
+            future.set_exception(error)
+
+    def _break(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+            self._loop.remove_reader(self.fd)
+            log.debug("%s: %s", self.peer, reason)
+        self._fail(ConnectionClosed(reason))

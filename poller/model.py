@@ -116,7 +116,78 @@ class DeviceType:
     max_block: int = MAX_REGISTERS_PER_READ
     max_gap: int = 16
     timeout_s: float = 3.0
-    request_pause_s: float = 0.0
+    request_pause_s: float = 0.0  # least time between two requests on the bus
+    # Device quirks (README, "Device quirks"):
+    connect_pause_s: float = 0.0  # wait after connecting before the first request (Huawei dongles)
+    close_after_poll: bool = False  # close the connection once the bus's meters are read (one-client devices)
+    single_value_reads: bool = False  # one request per value: the device refuses multi-register reads
+
+
+class Transport(enum.StrEnum):
+    """How a meter's requests reach it (energy_meters.transport)."""
+
+    TCP = "tcp"  # Modbus TCP (MBAP) to host:port
+    RTU_OVER_TCP = "rtuovertcp"  # RTU frames with CRC over a TCP socket (transparent serial servers)
+    UDP = "udp"  # Modbus UDP (MBAP in datagrams) to host:port
+    SERIAL = "serial"  # RTU on a local serial device; host is its path, e.g. /dev/ttyUSB0
+
+
+PARITIES = {"N": "none", "E": "even", "O": "odd"}
+
+
+@dataclass(frozen=True, slots=True)
+class SerialLine:
+    """A serial bus's settings (energy_meters.baudrate, parity, stopbits, bytesize)."""
+
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+    @property
+    def char_time_s(self) -> float:
+        """Time on the wire of one character: start bit, data bits, parity bit, stop bits."""
+        bits = 1 + self.bytesize + (self.parity != "N") + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def silence_s(self) -> float:
+        """The quiet time that separates two RTU frames: 3.5 characters, and a fixed 1.75 ms
+        above 19200 baud (Modbus over Serial Line, 2.5.1.1)."""
+        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time_s
+
+    def __str__(self) -> str:
+        return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+
+
+@dataclass(frozen=True, slots=True)
+class BusAddress:
+    """What serialises requests: one host:port for the TCP kinds, one device path for serial.
+
+    Meters on equal addresses share one connection and one request at a time. Two
+    addresses with the same `wire` but not equal (Modbus TCP and RTU over TCP on one
+    host:port, a serial device at two baud rates) describe one wire two ways: a
+    configuration error (store.py).
+    """
+
+    transport: Transport
+    host: str  # host name or address; the device path for serial
+    port: int = 502  # 0 for serial
+    line: SerialLine | None = None  # serial only
+
+    @property
+    def wire(self) -> tuple[str, str, int]:
+        """The physical thing: a TCP socket, a UDP socket or a serial device."""
+        if self.transport is Transport.SERIAL:
+            return ("serial", self.host, 0)
+        return ("udp" if self.transport is Transport.UDP else "tcp", self.host, self.port)
+
+    def __str__(self) -> str:
+        """`192.0.2.10:502` (Modbus TCP), `rtuovertcp 192.0.2.20:4196`, `udp ...`, `serial /dev/ttyUSB0 9600 8N1`."""
+        if self.transport is Transport.SERIAL:
+            return f"serial {self.host} {self.line or SerialLine()}"
+        where = f"{self.host}:{self.port}"
+        return where if self.transport is Transport.TCP else f"{self.transport.value} {where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,20 +195,24 @@ class Meter:
     """One Modbus device to poll (a row of `energy_meters`)."""
 
     id: int
-    host: str
+    host: str  # for serial: the device path
     port: int
     slave_address: int
     device_type: DeviceType
     description: str | None = None
     poll_cron: str | None = None
     enabled: bool = True
+    transport: Transport = Transport.TCP
+    line: SerialLine | None = None  # serial only
 
     @property
-    def endpoint(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def bus(self) -> BusAddress:
+        if self.transport is Transport.SERIAL:
+            return BusAddress(self.transport, self.host, 0, self.line or SerialLine())
+        return BusAddress(self.transport, self.host, self.port)
 
     def __str__(self) -> str:
-        return f"meter {self.id} ({self.host}:{self.port} unit {self.slave_address}, {self.device_type.name})"
+        return f"meter {self.id} ({self.bus} unit {self.slave_address}, {self.device_type.name})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .model import MAX_REGISTERS_PER_READ, ReadBlock, Register
+from .model import MAX_REGISTERS_PER_READ, DeviceType, ReadBlock, Register
 
 
 class PlanError(ValueError):
@@ -25,20 +25,25 @@ def plan_reads(
     registers: Iterable[Register],
     max_block: int = MAX_REGISTERS_PER_READ,
     max_gap: int = 0,
+    one_per_value: bool = False,
 ) -> tuple[ReadBlock, ...]:
     """Group registers into read blocks, holding before input registers, by address.
 
     Every register lands in exactly one block; a block never exceeds
     `max_block` registers, and never spans a gap of more than `max_gap`
     unrequested registers. Overlapping registers (a uint16 inside a float32,
-    say) share the block that covers them.
+    say) share the block that covers them. With `one_per_value` (the device
+    type's single_value_reads quirk: devices that refuse multi-value reads)
+    every register is a block of its own, overlapping ones included.
     """
     if not 1 <= max_block <= MAX_REGISTERS_PER_READ:
         raise PlanError(f"max_block {max_block} outside 1..{MAX_REGISTERS_PER_READ}")
     if max_gap < 0:
         raise PlanError(f"max_gap {max_gap} is negative")
-    blocks: list[ReadBlock] = []
     ordered = sorted(registers, key=lambda r: (r.function_code, r.address, r.end))
+    if one_per_value:
+        return tuple(ReadBlock(r.function_code, r.address, r.words, (r,)) for r in ordered)
+    blocks: list[ReadBlock] = []
     members: list[Register] = []
     start = end = 0
     for reg in ordered:
@@ -58,6 +63,12 @@ def plan_reads(
     if members:
         blocks.append(ReadBlock(members[0].function_code, start, end - start, tuple(members)))
     return tuple(blocks)
+
+
+def plan_device(device_type: DeviceType) -> tuple[ReadBlock, ...]:
+    """The read plan of a device type: its registers with its own limits and quirks."""
+    return plan_reads(device_type.registers, device_type.max_block, device_type.max_gap,
+                      one_per_value=device_type.single_value_reads)
 
 
 def split_block(block: ReadBlock) -> tuple[ReadBlock, ReadBlock]:

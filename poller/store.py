@@ -37,12 +37,15 @@ from typing import Any
 
 from .model import (
     MAX_REGISTERS_PER_READ,
+    PARITIES,
     ByteOrder,
     DataType,
     DeviceType,
     FunctionCode,
     Meter,
     Register,
+    SerialLine,
+    Transport,
 )
 from .schedule import CronError, validate_cron
 
@@ -51,18 +54,44 @@ OFFSET_MAX = 1e15
 MAX_HOST_LENGTH = 253  # a DNS name; each label 1..63 once IDNA-encoded
 MEASUREMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # as db/init.sql's CHECK
 
-TYPE_COLUMNS = ("name", "max_block", "max_gap", "timeout_s", "request_pause_ms")
+TYPE_COLUMNS = ("name", "max_block", "max_gap", "timeout_s", "request_pause_ms",
+                "connect_pause_ms", "close_after_poll", "single_value_reads")
 REGISTER_COLUMNS = ("id", "type", "register_address", "measurement_name", "data_unit", "data_type",
                     "function_code", "byte_order", "scale", "value_offset", "scale_factor", "not_available")
-METER_COLUMNS = ("id", "host", "port", "slave_address", "type", "description", "poll_cron", "enabled")
+METER_COLUMNS = ("id", "host", "port", "slave_address", "type", "description", "poll_cron", "enabled",
+                 "transport", "baudrate", "parity", "stopbits", "bytesize")
+# Columns added after the first release (db/upgrade.sql adds them to an older database), and
+# what a database without them means: read as this SQL literal, and said once as a problem.
+LATER_COLUMNS = {
+    "device_types": {"connect_pause_ms": "0", "close_after_poll": "false", "single_value_reads": "false"},
+    "energy_meters": {"transport": "'tcp'", "baudrate": "9600", "parity": "'N'", "stopbits": "1", "bytesize": "8"},
+}
+# The columns of the very tables the SELECTs read: the names resolved through search_path,
+# as the SELECTs resolve them (current_schema() could name another schema that lacks them).
+COLUMNS_SQL = """
+    SELECT c.relname AS table_name, a.attname AS column_name
+    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+    WHERE a.attrelid IN ('device_types'::regclass, 'energy_meters'::regclass)
+      AND a.attnum > 0 AND NOT a.attisdropped"""
 
-DEVICE_TYPES_SQL = f"SELECT {', '.join(TYPE_COLUMNS)} FROM device_types ORDER BY name"
-REGISTERS_SQL = f"SELECT {', '.join(REGISTER_COLUMNS)} FROM registers ORDER BY type, register_address, id"
-METERS_SQL = f"SELECT {', '.join(METER_COLUMNS)} FROM energy_meters ORDER BY id"
-# The same, for the device types whose fingerprint moved.
-DEVICE_TYPES_OF_SQL = f"SELECT {', '.join(TYPE_COLUMNS)} FROM device_types WHERE name = ANY(%s) ORDER BY name"
-REGISTERS_OF_SQL = (f"SELECT {', '.join(REGISTER_COLUMNS)} FROM registers WHERE type = ANY(%s) "
-                    "ORDER BY type, register_address, id")
+
+def _select(columns: Sequence[str], table: str, missing: frozenset[str] = frozenset()) -> str:
+    """The column list of a SELECT from `table`, a missing later column read as its default."""
+    return ", ".join(f"{LATER_COLUMNS[table][c]} AS {c}" if c in missing else c for c in columns)
+
+
+def _sql(missing: frozenset[str] = frozenset()) -> tuple[str, str, str, str, str]:
+    """The SELECTs of a load: device types, registers, meters, and the same for some types."""
+    types = _select(TYPE_COLUMNS, "device_types", missing)
+    registers = ", ".join(REGISTER_COLUMNS)
+    return (f"SELECT {types} FROM device_types ORDER BY name",
+            f"SELECT {registers} FROM registers ORDER BY type, register_address, id",
+            f"SELECT {_select(METER_COLUMNS, 'energy_meters', missing)} FROM energy_meters ORDER BY id",
+            f"SELECT {types} FROM device_types WHERE name = ANY(%s) ORDER BY name",
+            f"SELECT {registers} FROM registers WHERE type = ANY(%s) ORDER BY type, register_address, id")
+
+
+DEVICE_TYPES_SQL, REGISTERS_SQL, METERS_SQL, DEVICE_TYPES_OF_SQL, REGISTERS_OF_SQL = _sql()
 # One row per device type (and per type named by registers without a device_types row):
 # a digest of its device_types row and one of all its register rows, whole rows as text,
 # so any change to any column moves it. ~0.35 s for 250,000 registers, all in PostgreSQL.
@@ -115,6 +144,8 @@ def _number(value: Any, what: What) -> float:
     """A numeric column's value as a float (possibly infinite or NaN; the caller checks the range)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         raise ValueError(f"{what() if callable(what) else what} {_short(repr(value))} is not a number")
+    if isinstance(value, Decimal) and value.is_snan():
+        return math.nan  # float() raises on a signalling NaN; the caller's range check reports it as NaN
     return float(value)
 
 
@@ -294,6 +325,9 @@ def _device_type(name: str, row: Mapping[str, Any], registers: list[Register], p
     max_gap = int(_limit(name, row, "max_gap", 16, 0, MAX_REGISTERS_PER_READ - 1, True, problems))
     timeout_s = _limit(name, row, "timeout_s", 3.0, 0, 60, False, problems, low_open=True)
     pause_ms = _limit(name, row, "request_pause_ms", 0, 0, 10000, True, problems)
+    connect_pause_ms = _limit(name, row, "connect_pause_ms", 0, 0, 60000, True, problems)
+    close_after_poll = _flag(name, row, "close_after_poll", problems)
+    single_value_reads = _flag(name, row, "single_value_reads", problems)
     regs = _check_scale_factors(name, _unique(name, registers, problems), problems)
     kept = []
     for reg in regs:
@@ -303,7 +337,18 @@ def _device_type(name: str, row: Mapping[str, Any], registers: list[Register], p
         else:
             kept.append(reg)
     return DeviceType(name=name, registers=tuple(kept), max_block=max_block, max_gap=max_gap,
-                      timeout_s=float(timeout_s), request_pause_s=float(pause_ms) / 1000.0)
+                      timeout_s=float(timeout_s), request_pause_s=float(pause_ms) / 1000.0,
+                      connect_pause_s=float(connect_pause_ms) / 1000.0, close_after_poll=close_after_poll,
+                      single_value_reads=single_value_reads)
+
+
+def _flag(name: str, row: Mapping[str, Any], column: str, problems: list[str]) -> bool:
+    """A device_types quirk that is on or off; anything but a boolean: off, with a problem."""
+    value = row.get(column)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    problems.append(f"device_types {name}: {column} {_short(repr(value))} is not true or false; using false")
+    return False
 
 
 def _unique(type_name: str, regs: list[Register], problems: list[str]) -> list[Register]:
@@ -383,6 +428,13 @@ def meter_from_row(row: Mapping[str, Any], dtype: DeviceType | None, type_known:
     where = (f"energy_meters.id {row.get('id')} ({_short(row.get('host'), 60)}:{row.get('port')} "
              f"unit {row.get('slave_address')})")
     mid = _whole(row["id"], f"{where}: id")
+    transport = _TRANSPORTS.get(_key(row.get("transport", "tcp")))
+    if transport is None:
+        raise ValueError(f"{where}: transport {_short(repr(row.get('transport')))} is unknown "
+                         f"(known: {', '.join(t.value for t in Transport)}); skipped")
+    if transport is Transport.SERIAL:
+        where = (f"energy_meters.id {row.get('id')} (serial {_short(row.get('host'), 60)} "
+                 f"unit {row.get('slave_address')})")
     if dtype is None:
         why = "could not be loaded (see its device_types problem)" if type_known else "has no device_types row"
         raise ValueError(f"{where}: type {_short(repr(row.get('type')))} {why}; skipped")
@@ -392,7 +444,7 @@ def meter_from_row(row: Mapping[str, Any], dtype: DeviceType | None, type_known:
     if not isinstance(raw_host, str):
         raise ValueError(f"{where}: host {_short(repr(raw_host))} is not text; skipped")
     host = raw_host.strip()
-    problem = host_problem(host)
+    problem = device_path_problem(host) if transport is Transport.SERIAL else host_problem(host)
     if problem is not None:
         raise ValueError(f"{where}: host {_short(repr(host))} {problem}; skipped")
     port = _whole(row["port"], f"{where}: port")
@@ -401,6 +453,10 @@ def meter_from_row(row: Mapping[str, Any], dtype: DeviceType | None, type_known:
     unit = _whole(row["slave_address"], f"{where}: slave_address")
     if not 0 <= unit <= 255:
         raise ValueError(f"{where}: slave_address {unit} outside 0..255; skipped")
+    if unit == 0 and transport in (Transport.SERIAL, Transport.RTU_OVER_TCP):
+        raise ValueError(f"{where}: slave_address 0 is the RTU broadcast address, which no device answers; "
+                         "use the device's own unit id; skipped")
+    line = serial_line(row, where) if transport is Transport.SERIAL else None
     cron = row.get("poll_cron")
     if cron is not None and not isinstance(cron, str):
         raise ValueError(f"{where}: poll_cron {_short(repr(cron))} is not text; skipped")
@@ -422,7 +478,64 @@ def meter_from_row(row: Mapping[str, Any], dtype: DeviceType | None, type_known:
         description=description or None,
         poll_cron=cron,
         enabled=bool(row.get("enabled", True)),
+        transport=transport,
+        line=line,
     )
+
+
+_TRANSPORTS: dict[Any, Transport] = {t.value: t for t in Transport}
+BAUDRATES = (50, 4_000_000)  # as db/init.sql's CHECK
+
+
+def serial_line(row: Mapping[str, Any], where: str) -> SerialLine:
+    """A serial meter's line settings; ValueError says which is wrong."""
+    baudrate = _whole(row.get("baudrate", 9600), f"{where}: baudrate")
+    if not BAUDRATES[0] <= baudrate <= BAUDRATES[1]:
+        raise ValueError(f"{where}: baudrate {baudrate} outside {BAUDRATES[0]}..{BAUDRATES[1]}; skipped")
+    parity = row.get("parity", "N")
+    if parity not in PARITIES:
+        raise ValueError(f"{where}: parity {_short(repr(parity))} is not N, E or O; skipped")
+    stopbits = _whole(row.get("stopbits", 1), f"{where}: stopbits")
+    bytesize = _whole(row.get("bytesize", 8), f"{where}: bytesize")
+    if stopbits not in (1, 2) or bytesize not in (7, 8):
+        raise ValueError(f"{where}: {bytesize} data bits and {stopbits} stop bits: use 7 or 8, and 1 or 2; skipped")
+    return SerialLine(baudrate, parity, stopbits, bytesize)
+
+
+def device_path_problem(path: str) -> str | None:
+    """Why `path` cannot be a serial device, or None: an absolute path of at most 4096 characters
+    without control characters."""
+    if not path.startswith("/"):
+        return "is not a device path (for transport serial, e.g. /dev/ttyUSB0)"
+    if len(path) > 4096:
+        return f"is {len(path)} characters long (a device path has at most 4096)"
+    if any(not ch.isprintable() for ch in path):
+        return "holds characters no device path has"
+    return None
+
+
+def one_bus_per_wire(meters: list[Meter], problems: list[str]) -> list[Meter]:
+    """The meters without those whose rows describe one wire two ways (Modbus TCP and RTU over
+    TCP on one host:port, one serial device at two baud rates): every such enabled meter is
+    skipped, with a problem naming the others; neither description silently wins."""
+    by_wire: dict[tuple[str, str, int], set[Any]] = {}
+    for m in meters:
+        if m.enabled:
+            by_wire.setdefault(m.bus.wire, set()).add(m.bus)
+    torn = {wire for wire, buses in by_wire.items() if len(buses) > 1}
+    if not torn:
+        return meters
+    kept = []
+    for m in meters:
+        if m.enabled and m.bus.wire in torn:
+            others = ", ".join(f"id {o.id} ({o.bus})" for o in meters
+                               if o.enabled and o.bus.wire == m.bus.wire and o.bus != m.bus)
+            problems.append(f"energy_meters.id {m.id} ({m.bus}): this bus is described differently by "
+                            f"{others}; skipped: give every meter on one host:port the same transport, "
+                            "and on one serial device the same line settings")
+        else:
+            kept.append(m)
+    return kept
 
 
 def _meter_or_problem(row: Mapping[str, Any], dtype: DeviceType | None, type_known: bool) -> Meter | str:
@@ -474,7 +587,7 @@ def build_configuration(
             problems.append(outcome)
         else:
             meters.append(_same(old_meters.get(outcome.id), outcome))
-    return _result(previous, meters, types, problems)
+    return _result(previous, one_bus_per_wire(meters, problems), types, problems)
 
 
 def _get(row: Mapping[str, Any], key: str) -> Any:
@@ -509,6 +622,20 @@ def _result(previous: Configuration | None, meters: list[Meter], types: dict[str
     return Configuration(tuple(meters), types, tuple(problems))
 
 
+def _missing_columns(query: Query) -> tuple[frozenset[str], list[str]]:
+    """The later columns this database lacks (it predates db/upgrade.sql), and a problem saying so."""
+    present: dict[str, set[str]] = {}
+    for table, column in query(COLUMNS_SQL, ()):
+        present.setdefault(table, set()).add(column)
+    missing = {(t, c) for t, cols in LATER_COLUMNS.items() for c in cols if c not in present.get(t, set())}
+    if not missing:
+        return frozenset(), []
+    names = ", ".join(f"{t}.{c}" for t, c in sorted(missing))
+    return frozenset(c for _, c in missing), [
+        f"the database predates db/upgrade.sql (no {names}): read as their defaults (Modbus TCP, "
+        "9600 8N1, no device quirks); run db/upgrade.sql (docker compose runs it at every `up`)"]
+
+
 @dataclass(frozen=True)
 class _TypeEntry:
     fingerprint: tuple[Any, ...]
@@ -538,8 +665,11 @@ class Loader:
         self._types: dict[Any, _TypeEntry] = {}
         self._meters: dict[Any, _MeterEntry] = {}
         self.last: Configuration | None = None
+        self._sql = _sql()
 
     def load(self, query: Query) -> Configuration:
+        missing, schema_problems = _missing_columns(query)
+        self._sql = _sql(missing)
         fingerprints = [(row[0], tuple(row[1:3]), int(row[3])) for row in query(TYPE_FINGERPRINTS_SQL, ())]
         changed = [name for name, fp, _ in fingerprints
                    if name not in self._types or self._types[name].fingerprint != fp]
@@ -558,7 +688,7 @@ class Loader:
         meters: list[Meter] = []
         meter_entries: dict[Any, _MeterEntry] = {}
         meter_problems: list[str] = []
-        for row in query(METERS_SQL, ()):
+        for row in query(self._sql[2], ()):
             type_entry = types.get(row[4])
             dtype = type_entry.device_type if type_entry is not None else None
             mentry = self._meters.get(row[0])
@@ -574,9 +704,9 @@ class Loader:
             else:
                 meters.append(mentry.outcome)
 
-        problems = [p for entry in types.values() for p in entry.problems] + meter_problems
+        problems = schema_problems + [p for entry in types.values() for p in entry.problems] + meter_problems
         device_types = {e.device_type.name: e.device_type for e in types.values() if e.device_type is not None}
-        config = _result(self.last, meters, device_types, problems)
+        config = _result(self.last, one_bus_per_wire(meters, problems), device_types, problems)
         self._types, self._meters, self.last = types, meter_entries, config
         return config
 
@@ -586,11 +716,12 @@ class Loader:
         if not changed:
             return {}, {}
         wanted = set(changed)
+        types_sql, registers_sql, _, types_of_sql, registers_of_sql = self._sql
         if 2 * len(changed) > total:  # most of it: one plain read is cheaper than a long list
-            trows, rrows = query(DEVICE_TYPES_SQL, ()), query(REGISTERS_SQL, ())
+            trows, rrows = query(types_sql, ()), query(registers_sql, ())
         else:
             names = [n for n in changed if isinstance(n, str)]
-            trows, rrows = query(DEVICE_TYPES_OF_SQL, (names,)), query(REGISTERS_OF_SQL, (names,))
+            trows, rrows = query(types_of_sql, (names,)), query(registers_of_sql, (names,))
         type_rows = {row[0]: dict(zip(TYPE_COLUMNS, row, strict=True)) for row in trows if row[0] in wanted}
         register_rows: dict[Any, list[dict[str, Any]]] = {}
         for row in rrows:

@@ -18,8 +18,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,7 +305,9 @@ class ModbusServerThread:
     need a device the CLI does not offer (no default unit, refused registers,
     NaN values) while the poller runs as its own process."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, start: Callable[[Any], Coroutine[Any, Any, Any]] | None = None) -> None:
+        """`start(server)` serves another wire (e.g. `lambda s: s.start_serial(path)`); the
+        default is Modbus TCP on a free loopback port, kept in `port`."""
         import asyncio
         import threading
 
@@ -313,7 +315,8 @@ class ModbusServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), self.loop).result(10)
+        starting = start(server) if start is not None else server.start("127.0.0.1", 0)
+        self.port = asyncio.run_coroutine_threadsafe(starting, self.loop).result(10)
 
     def close(self) -> None:
         import asyncio
@@ -578,3 +581,61 @@ class InfluxV2Bridge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Serial lines: socat pty pairs
+
+
+class PtyPair:
+    """Two ptys joined by socat: a serial line with `device` at one end and `poller` at the other."""
+
+    def __init__(self, directory: Path, name: str = "line") -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.device = str(directory / f"{name}-device")
+        self.poller = str(directory / f"{name}-poller")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PtyPair:
+        for link in (self.device, self.poller):  # left by a socat that was killed
+            if os.path.lexists(link):
+                os.unlink(link)
+        socat = shutil.which("socat")
+        assert socat, "socat is missing (scripts/test installs it)"
+        self.proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={self.device}",
+                                      f"pty,raw,echo=0,link={self.poller}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not (os.path.exists(self.device) and os.path.exists(self.poller)):
+            if self.proc.poll() is not None:
+                said = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise AssertionError(f"socat ended: {said}")
+            assert time.monotonic() < deadline, "socat made no pty pair within 10 s"
+            time.sleep(0.002)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+
+
+@contextmanager
+def pty_pairs(directory: Path, n: int = 1) -> Iterator[list[PtyPair]]:
+    with ExitStack() as stack:
+        pairs = []
+        for i in range(n):
+            pair = PtyPair(directory, f"line{i}").start()
+            stack.callback(pair.stop)
+            pairs.append(pair)
+        yield pairs
+
+
+@contextmanager
+def pty_pair(where: Path) -> Iterator[tuple[str, str]]:
+    """One serial line: (the device's end, the poller's end)."""
+    with pty_pairs(where) as (pair,):
+        yield pair.device, pair.poller

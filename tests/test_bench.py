@@ -2,7 +2,9 @@
 
 Checks the benchmark works end to end (its own PostgreSQL, VictoriaMetrics,
 simulated gateways and the poller as a process) and that its JSON is complete;
-no timing is asserted.
+no timing is asserted. One run with `--framer both`: the Modbus TCP fleet first
+(the default run's keys, at the top level), then the RTU-over-TCP one (under
+`variants`, "rtu"), each with its floor, poller and original design.
 """
 
 from __future__ import annotations
@@ -21,15 +23,27 @@ REQUIRED = ["cycle_s", "lower_bound_s", "naive_s", "network_bound_s", "naive_reg
 
 
 @pytest.mark.skipif(shutil.which("victoria-metrics") is None, reason="needs Debian's victoria-metrics package")
-def test_small_fleet_runs_and_reports_complete_json(tmp_path):
+def test_small_fleet_runs_and_reports_complete_json_for_tcp_and_rtu_over_tcp(tmp_path):
     gateways, units, values, cycles = 3, 2, 5, 3
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--gateways", str(gateways), "--units", str(units), "--values", str(values),
          "--cycles", str(cycles), "--warmup", "1", "--floor-rounds", "2", "--naive-gateways", "1",
-         "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+         "--framer", "both", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    top = json.loads(done.stdout.strip().splitlines()[-1])
+    assert top["framer"] == "socket" and top["transport"] == "tcp"
+    assert set(top["variants"]) == {"rtu"}
+    rtu = top["variants"]["rtu"]
+    assert rtu["framer"] == "rtu" and rtu["transport"] == "rtuovertcp"
+    for result in (top, rtu):
+        _check_fleet(result, gateways, units, values, cycles)
+    assert rtu["network_bound_s"] == top["network_bound_s"]  # the same bound for both framings
+    assert "| cycle time" in done.stdout  # the tables are printed before the JSON line
+    assert "## RTU over TCP" in done.stdout and "Side by side" in done.stdout
+
+
+def _check_fleet(result, gateways, units, values, cycles):
     missing = [k for k in REQUIRED if result.get(k) is None]
     assert not missing, f"JSON lacks {missing}: {result}"
     # every reading of every cycle the poller ran is stored, no more, no fewer
@@ -45,4 +59,3 @@ def test_small_fleet_runs_and_reports_complete_json(tmp_path):
     # CPU is read from /proc in clock ticks (10 ms): a tiny fleet may use less than one
     for key in ("cpu_us_per_reading", "floor_cpu_us_per_reading"):
         assert isinstance(result[key], (int, float)) and result[key] >= 0, key
-    assert "| cycle time" in done.stdout  # the table is printed before the JSON line

@@ -58,7 +58,7 @@ def test_validates_against_compose_spec() -> None:
 
 def test_services_and_no_obsolete_version(compose: dict[str, Any]) -> None:
     assert "version" not in compose
-    assert set(compose["services"]) == {"postgres", "influxdb", "grafana", "poller", "virtual_server"}
+    assert set(compose["services"]) == {"postgres", "db-upgrade", "influxdb", "grafana", "poller", "virtual_server"}
     for name, svc in compose["services"].items():
         assert svc.get("env_file") == ".dev.env", f"{name} does not read .dev.env"
 
@@ -146,6 +146,13 @@ def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     assert poller_deps["postgres"]["condition"] == "service_healthy"
     assert poller_deps["influxdb"]["condition"] == "service_healthy"
     assert services["virtual_server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # the schema is brought up to date before anything reads it
+    upgrade = services["db-upgrade"]
+    assert upgrade["depends_on"]["postgres"]["condition"] == "service_healthy" and upgrade["restart"] == "no"
+    assert "./db/upgrade.sql:/upgrade.sql:ro" in upgrade["volumes"] and "-f /upgrade.sql" in upgrade["command"][-1]
+    assert upgrade["image"] == services["postgres"]["image"]
+    for name in ("poller", "virtual_server"):
+        assert services[name]["depends_on"]["db-upgrade"]["condition"] == "service_completed_successfully"
     for name in PYTHON_SERVICES:
         assert services[name]["restart"] == "unless-stopped"
 
@@ -188,6 +195,29 @@ def test_postgres_init_scripts_run_in_order(compose: dict[str, Any]) -> None:
     for source in order:
         assert (ROOT / source).is_file()
     assert (ROOT / "db" / "10-poller-role.sh").stat().st_mode & stat.S_IXUSR
+
+
+def test_db_upgrade_command_upgrades_an_earlier_database(compose: dict[str, Any], dev_env: dict[str, str],
+                                                          postgres) -> None:
+    """The db-upgrade service's own command line, run here with .dev.env and only the server's
+    address and login overridden (as the container gets them), upgrades a first-release database."""
+    svc = compose["services"]["db-upgrade"]
+    script = svc["command"][-1].replace("$$", "$")  # compose's escape for a literal $
+    for target, source in mounts(svc).items():
+        script = script.replace(target, str(ROOT / source.removesuffix(":ro")))
+    name = f"emm_compose_upgrade_{os.getpid()}"
+    postgres.create_database(name, init=False)
+    try:
+        postgres.psql(name, "-f", str(ROOT / "tests" / "schemas" / "init-d8783b0.sql"))
+        env = {**os.environ, **dev_env, "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(postgres.port),
+               "POSTGRES_USER": postgres.user, "POSTGRES_PASSWORD": postgres.password, "POSTGRES_DB": name}
+        done = subprocess.run(svc["command"][:-1] + [script], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        columns = postgres.psql(name, "-At", "-c", "SELECT column_name FROM information_schema.columns "
+                                                   "WHERE table_name = 'energy_meters'").stdout.split()
+        assert {"transport", "baudrate", "parity", "stopbits", "bytesize"} <= set(columns)
+    finally:
+        postgres.drop_database(name)
 
 
 def test_grafana_provisioning(compose: dict[str, Any]) -> None:

@@ -180,16 +180,16 @@ def test_an_unrelated_change_gives_back_the_very_same_objects(postgres, database
 
 
 class RefusingDevice:
-    """An Endpoint stand-in whose device refuses one register (exception 2): the block is split."""
+    """A bus stand-in whose device refuses one register (exception 2): the block is split."""
 
     def __init__(self, refused: int) -> None:
         self.refused = refused
         self.requests = 0
 
-    def __call__(self, host, port):
+    def __call__(self, address):
         return self
 
-    async def read(self, block, unit, timeout, pause=0.0):
+    async def read(self, block, unit, timeout, pause=0.0, connect_pause=0.0):
         self.requests += 1
         if block.address <= self.refused < block.address + block.count:
             raise ExceptionReply(2, block, unit)

@@ -48,10 +48,11 @@ class FakeBus:
         self.requests: list[tuple[int, int]] = []  # (unit, address)
         self.closed = 0
 
-    def __call__(self, host, port):
+    def __call__(self, address):
         return self
 
-    async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0) -> list[int]:
+    async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0,
+                   connect_pause: float = 0.0) -> list[int]:
         self.requests.append((unit, block.address))
         action = self.script(len(self.requests), block, unit)
         if isinstance(action, BaseException):
@@ -177,7 +178,7 @@ def test_a_host_port_busy_with_an_earlier_cycle_sits_the_tick_out():
     release = asyncio.Event()
 
     class Slow(FakeBus):
-        async def read(self, block, unit, timeout, pause=0.0):
+        async def read(self, block, unit, timeout, pause=0.0, connect_pause=0.0):
             self.requests.append((unit, block.address))
             if unit == 1:
                 await release.wait()

@@ -12,7 +12,7 @@ from poller.model import ByteOrder, DataType, FunctionCode, Register
 from tests.servers import ROOT, ModbusServerThread, free_port, start_module, stop_process, wait_for_port
 from tests.test_end_to_end import run_poller
 from virtual_server.device import encode, make_device
-from virtual_server.server import ModbusTcpServer
+from virtual_server.server import DROP, SERVER_DEVICE_BUSY, SimulatedServer
 
 SEED = 11
 MAPS = ["eastron_sdm630", "huawei_sun2000", "sunspec_inverter"]
@@ -211,7 +211,7 @@ def test_mbpoll_agrees_with_what_the_poller_stored(postgres, database, victoria,
 def test_a_gateway_with_ten_units_never_sees_two_requests_at_once(postgres, database):
     registers = postgres.configuration(database).device_types["virtual_meter"].registers
     banks = {u: make_device("virtual_meter", registers, u).words() for u in range(1, 11)}
-    server = ModbusTcpServer(units={u: (lambda b=b: b) for u, b in banks.items()}, default=None, latency_s=0.02)
+    server = SimulatedServer(units={u: (lambda b=b: b) for u, b in banks.items()}, default=None, latency_s=0.02)
     gateway = ModbusServerThread(server)
     rows = ", ".join(f"('127.0.0.1', {gateway.port}, {u}, 'virtual_meter')" for u in range(1, 11))
     postgres.psql(database, "-c", "DELETE FROM energy_meters; INSERT INTO energy_meters "
@@ -229,27 +229,22 @@ def test_a_gateway_with_ten_units_never_sees_two_requests_at_once(postgres, data
     assert server.stats.connections == 1
 
 
-class BusyThenDropping(ModbusTcpServer):
-    """Answers 'server device busy' to the first two requests, then serves; `drop_every`
-    closes the connection after that many replies (a gateway that resets idle links)."""
+class BusyThenDropping:
+    """A fault hook (SimulatedServer's on_request): answers 'server device busy' to the first
+    two requests, then serves; every `drop_every`-th request closes the connection instead of
+    being answered (a gateway that resets idle links)."""
 
-    def __init__(self, *args, drop_every=0, **kw):
-        super().__init__(*args, **kw)
+    def __init__(self, drop_every=0):
         self.calls = 0
         self.drop_every = drop_every
 
-    def _reply(self, unit, pdu):
+    def __call__(self, unit, fc, address, count):
         self.calls += 1
         if self.calls <= 2:
-            return bytes([pdu[0] | 0x80, 6])
-        return super()._reply(unit, pdu)
-
-    async def _answer(self, unit, pdu):
-        reply = await super()._answer(unit, pdu)
+            return SERVER_DEVICE_BUSY
         if self.drop_every and self.calls % self.drop_every == 0:
-            for writer in list(self._writers):
-                writer.transport.abort()  # the reply is lost with the connection
-        return reply
+            return DROP  # the reply is lost with the connection
+        return None
 
 
 def test_busy_devices_are_retried_and_broken_connections_reopened(postgres, database):
@@ -260,7 +255,7 @@ def test_busy_devices_are_retried_and_broken_connections_reopened(postgres, data
 
     (meter,) = postgres.configuration(database).meters
     words = make_device("virtual_meter", meter.device_type.registers, 1).words()
-    server = BusyThenDropping(units={}, default=lambda: words, drop_every=5)
+    server = SimulatedServer(units={}, default=lambda: words, on_request=BusyThenDropping(drop_every=5))
     thread = ModbusServerThread(server)
     meter = replace(meter, host="127.0.0.1", port=thread.port)
 

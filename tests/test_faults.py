@@ -11,12 +11,13 @@ from dataclasses import replace
 import pytest
 
 from poller.cycle import Poller
-from poller.modbus import BadReply, Endpoint, ModbusError
-from poller.model import FunctionCode, ReadBlock
+from poller.modbus import BadReply, ModbusError
+from poller.model import BusAddress, FunctionCode, ReadBlock, Transport
+from poller.transport import open_bus
 from tests.servers import ModbusServerThread, free_port
 from tests.test_end_to_end import run_poller
 from virtual_server.device import make_device
-from virtual_server.server import ModbusTcpServer
+from virtual_server.server import DROP, SimulatedServer
 
 
 def seed_registers(postgres, database):
@@ -31,7 +32,7 @@ def test_failing_devices_are_reported_and_the_rest_of_the_cycle_goes_on(postgres
     words = device.words()
     nan_words = dict(words)
     nan_words[(4, 0)], nan_words[(4, 1)] = 0x7FC0, 0x0000  # voltage_l1 = NaN
-    gateway = ModbusServerThread(ModbusTcpServer(units={1: lambda: words, 2: lambda: nan_words}, default=None))
+    gateway = ModbusServerThread(SimulatedServer(units={1: lambda: words, 2: lambda: nan_words}, default=None))
     refused = free_port()
     postgres.psql(database, "-c", f"""
         UPDATE device_types SET timeout_s = 0.5 WHERE name = 'virtual_meter';
@@ -84,7 +85,7 @@ def test_a_block_with_a_refused_register_is_split_and_the_split_remembered(postg
     (meter,) = config.meters
     words = make_device("virtual_meter", meter.device_type.registers, 1).words()
     # temperature (holding register 101) does not exist on this device
-    server = ModbusTcpServer(units={}, default=lambda: words, refuse=frozenset({(3, 101)}))
+    server = SimulatedServer(units={}, default=lambda: words, refuse=frozenset({(3, 101)}))
     thread = ModbusServerThread(server)
     try:
         meter = replace(meter, host="127.0.0.1", port=thread.port)
@@ -139,7 +140,7 @@ def test_a_device_dropping_the_connection_mid_request_fails_at_once_and_the_next
 
     async def two_reads():
         server = await asyncio.start_server(device, "127.0.0.1", 0)
-        endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+        endpoint = open_bus(BusAddress(Transport.TCP, "127.0.0.1", server.sockets[0].getsockname()[1]))
         try:
             with pytest.raises(ModbusError) as dropped:
                 await endpoint.read(block, 1, timeout=30)
@@ -157,7 +158,7 @@ def test_a_device_dropping_the_connection_mid_request_fails_at_once_and_the_next
 def test_influxdb_unreachable_is_named(postgres, database):
     port = free_port()
     words = make_device("virtual_meter", seed_registers(postgres, database), 1).words()
-    thread = ModbusServerThread(ModbusTcpServer(units={}, default=lambda: words))
+    thread = ModbusServerThread(SimulatedServer(units={}, default=lambda: words))
     postgres.psql(database, "-c", f"UPDATE energy_meters SET host = '127.0.0.1', port = {thread.port}")
     try:
         done = run_poller(["--once"], {**postgres.env(database), "INFLUXDB_URL": f"http://127.0.0.1:{port}",
@@ -178,21 +179,16 @@ def test_postgres_unreachable_is_named():
     assert f"cannot read the configuration from PostgreSQL u@127.0.0.1:{port}/d" in done.stderr
 
 
-class DropsInputRegisters(ModbusTcpServer):
-    """Answers the holding registers, then drops the connection at the input-register request."""
-
-    def _reply(self, unit, pdu):
-        if pdu[0] == int(FunctionCode.READ_INPUT_REGISTERS):
-            for writer in list(self._writers):
-                writer.transport.abort()
-        return super()._reply(unit, pdu)
+def drops_input_registers(unit, fc, address, count):
+    """A fault hook: answers the holding registers, drops the connection at the input-register request."""
+    return DROP if fc == int(FunctionCode.READ_INPUT_REGISTERS) else None
 
 
 def test_readings_taken_before_a_meter_fails_mid_way_are_stored(postgres, database, victoria):
     """README: 'Readings already taken from a meter before it failed are still written.'
     The seed map is read holding registers first (100..105: four values), then input registers."""
     words = make_device("virtual_meter", seed_registers(postgres, database), 1).words()
-    gateway = ModbusServerThread(DropsInputRegisters(units={}, default=lambda: words))
+    gateway = ModbusServerThread(SimulatedServer(units={}, default=lambda: words, on_request=drops_input_registers))
     postgres.psql(database, "-c", f"UPDATE energy_meters SET host = '127.0.0.1', port = {gateway.port}")
     try:
         done = run_poller(["--once"], {**postgres.env(database), **victoria.env()})

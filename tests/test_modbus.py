@@ -1,5 +1,6 @@
-"""The poller's Modbus TCP client: its framing against the specification and pymodbus, and
-its Endpoint against devices that misbehave on purpose (real sockets, one event loop)."""
+"""The poller's Modbus framings (MBAP and RTU) against the specifications and pymodbus, and its
+Modbus TCP bus against devices that misbehave on purpose (real sockets, one event loop).
+The other kinds of bus (RTU over TCP, UDP, serial) are in tests/test_transport.py."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pymodbus.framer import FramerSocket
-from pymodbus.pdu import DecodePDU
+from pymodbus.framer import FramerRTU, FramerSocket
+from pymodbus.pdu import DecodePDU, ExceptionResponse
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersRequest,
     ReadHoldingRegistersResponse,
@@ -26,22 +27,29 @@ from pymodbus.pdu.register_message import (
 
 from poller.modbus import (
     MBAP,
+    RTU,
     BadReply,
     BadRequest,
     ConnectError,
-    Endpoint,
     ExceptionReply,
     FrameError,
     ModbusError,
     Reply,
     Request,
     ResponseTimeout,
+    crc16,
 )
-from poller.model import FunctionCode, ReadBlock
+from poller.model import BusAddress, FunctionCode, ReadBlock, Transport
+from poller.transport import TcpBus
 from tests.servers import GarbageServer
-from virtual_server.server import ModbusTcpServer
+from virtual_server.server import SimulatedServer
 
 HOLDING, INPUT = FunctionCode.READ_HOLDING_REGISTERS, FunctionCode.READ_INPUT_REGISTERS
+
+
+def tcp_bus(host: str, port: int, connect_timeout: float = 3.0) -> TcpBus:
+    """The Modbus TCP bus of host:port (what transport.open_bus makes for it)."""
+    return TcpBus(BusAddress(Transport.TCP, host, port), connect_timeout)
 
 
 def reply_bytes(tid: int, unit: int, fc: int, words: list[int] | tuple[int, ...]) -> bytes:
@@ -168,7 +176,139 @@ def test_any_change_to_a_reply_header_or_length_is_refused(read, data):
 
 
 # ---------------------------------------------------------------------------------------------
-# Endpoint against real sockets
+# RTU framing, pure
+
+
+def rtu_frame(body: bytes) -> bytes:
+    """`body` and its CRC as pymodbus computes it (not with the code under test)."""
+    return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")
+
+
+def rtu_reply(unit: int, fc: int, words: list[int] | tuple[int, ...]) -> bytes:
+    """A correct RTU reply, written out from the RTU layout: unit, function code, byte count, words, CRC."""
+    return rtu_frame(struct.pack(f">BBB{len(words)}H", unit, fc, 2 * len(words), *words))
+
+
+def test_rtu_frames_of_the_specification_examples():
+    # Modbus Application Protocol 6.3 read by unit 17 (0x11) over a serial line (Modbus over
+    # Serial Line 2.5.1): the PDU 03 00 6B 00 03 behind the unit id, then CRC-16 0x8776 low
+    # byte first. Every CRC here is also pymodbus' (FramerRTU.compute_CRC).
+    holding = Request(1, 0x11, 3, 0x6B, 3)
+    assert RTU.encode(holding) == bytes.fromhex("11 03 006B 0003 7687")
+    assert crc16(bytes.fromhex("11 03 006B 0003")) == 0x8776
+    assert RTU.encode(Request(1, 1, 3, 0, 10)) == bytes.fromhex("01 03 0000 000A C5CD")  # the textbook frame
+    assert RTU.decode(bytes.fromhex("11 03 06 022B 0000 0064 C8BA"), holding) == Reply((0x22B, 0, 100))
+    assert RTU.decode(bytes.fromhex("11 83 02 C134"), holding) == Reply(exception=2)
+    for frame in ("11 03 006B 0003 7687", "01 03 0000 000A C5CD", "11 03 06 022B 0000 0064 C8BA", "11 83 02 C134"):
+        data = bytes.fromhex(frame)
+        assert data[-2:] == FramerRTU.compute_CRC(data[:-2]).to_bytes(2, "big")
+    # no transaction id on the wire: any request id gives the same bytes
+    assert RTU.encode(Request(0xFFFF, 0x11, 3, 0x6B, 3)) == RTU.encode(holding)
+
+
+rtu_reads = reads.filter(lambda r: r.unit != 0)
+
+
+@given(rtu_reads)
+@example(Request(1, 255, 4, 0xFFFF, 1)).via("the highest unit id and address")
+@example(Request(1, 1, 3, 0, 125)).via("the longest read")
+def test_rtu_requests_are_the_bytes_pymodbus_frames(read):
+    message = ReadHoldingRegistersRequest if read.function_code == 3 else ReadInputRegistersRequest
+    pdu = message(address=read.address, count=read.count, dev_id=read.unit)
+    assert RTU.encode(read) == FramerRTU(DecodePDU(False)).buildFrame(pdu)
+
+
+@given(st.binary(max_size=300))
+@example(b"").via("the initial value")
+def test_crc16_is_pymodbus_crc(data):
+    assert crc16(data).to_bytes(2, "little") == FramerRTU.compute_CRC(data).to_bytes(2, "big")
+
+
+@given(rtu_reads, st.data())
+def test_rtu_replies_framed_by_pymodbus_decode_to_their_words(read, data):
+    words = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=read.count, max_size=read.count))
+    message = ReadHoldingRegistersResponse if read.function_code == 3 else ReadInputRegistersResponse
+    frame = FramerRTU(DecodePDU(True)).buildFrame(message(registers=words, dev_id=read.unit))
+    assert frame == rtu_reply(read.unit, read.function_code, words)
+    assert RTU.decode(frame, read) == Reply(tuple(words))
+    code = data.draw(st.integers(1, 255))
+    refused = FramerRTU(DecodePDU(True)).buildFrame(ExceptionResponse(read.function_code, code, device_id=read.unit))
+    assert RTU.decode(refused, read) == Reply(exception=code)
+
+
+def test_requests_rtu_must_never_send():
+    with pytest.raises(ValueError, match="unit id 0 is the broadcast address of a serial line"):
+        RTU.encode(Request(1, 0, 3, 0, 1))
+    for bad in (Request(1, 1, 6, 0, 1), Request(1, 1, 16, 0, 1), Request(1, 1, 3, 0, 126), Request(1, 256, 3, 0, 1)):
+        with pytest.raises(ValueError):
+            RTU.encode(bad)
+
+
+RREQ = Request(99, 7, 3, 100, 2)
+RGOOD = rtu_reply(7, 3, [0xAAAA, 0x5555])
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (rtu_reply(8, 3, [0xAAAA, 0x5555]), "reply from unit 8, not from the unit asked (7)"),
+    (rtu_reply(0, 3, [0xAAAA, 0x5555]), "reply from unit 0"),
+    (rtu_reply(7, 4, [0xAAAA, 0x5555]), "function code 4 in the reply to function 3"),
+    (rtu_reply(7, 23, [0xAAAA, 0x5555]), "function code 23"),
+    (rtu_frame(bytes([7, 0x84, 2])), "function code 132"),
+    (rtu_frame(bytes([7, 3, 5]) + RGOOD[3:-2] + b"\x00"), "byte count 5 for 2 registers (4 expected)"),
+    (rtu_frame(bytes([7, 3, 3]) + RGOOD[3:-3]), "byte count 3"),
+    (rtu_frame(bytes([7, 3, 0])), "byte count 0"),
+    (rtu_reply(7, 3, [1]), "byte count 2 for 2 registers"),
+    (rtu_reply(7, 3, [1, 2, 3]), "byte count 6 for 2 registers"),
+    (RGOOD[:-2] + bytes([RGOOD[-2] ^ 1]) + RGOOD[-1:], "CRC .* does not match the frame's"),
+    (RGOOD[:-1] + bytes([RGOOD[-1] ^ 0x80]), "does not match"),
+    (RGOOD[:3] + bytes([RGOOD[3] ^ 0x01]) + RGOOD[4:], "damaged on the line"),
+    (RGOOD[:-2] + RGOOD[-1:] + RGOOD[-2:-1], "does not match"),  # the CRC sent high byte first
+    (RGOOD[:-1], "reply cut short after 8 byte"),
+    (RGOOD[:2], "reply cut short after 2 byte"),
+    (RGOOD[:1], "reply cut short after 1 byte"),
+    (b"", "reply cut short after 0 byte"),
+    (RGOOD + b"\x00", "1 byte(s) after the end of the reply"),
+    (RGOOD + RGOOD, "9 byte(s) after the end"),
+    (rtu_frame(bytes([7, 0x83, 2, 0])), "1 byte(s) after the end"),  # an exception reply is 5 bytes
+    (bytes([7, 0x83, 2]), "cut short after 3"),
+    (bytes([7, 0x83, 2, 0, 0]), "does not match"),
+])
+def test_every_echo_of_an_rtu_reply_is_checked(frame, reason):
+    with pytest.raises(FrameError, match=reason.replace("(", r"\(").replace(")", r"\)").replace(r".\*", ".*")):
+        RTU.decode(frame, RREQ)
+    assert RTU.decode(RGOOD, RREQ) == Reply((0xAAAA, 0x5555))
+
+
+@given(rtu_reads, st.data())
+def test_any_change_to_an_rtu_reply_is_refused(read, data):
+    """The CRC covers every byte: any change to one byte (CRC-16 catches every error within 16
+    bits), any cut and any extension is refused; a reply arriving in pieces never looks whole early."""
+    words = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=read.count, max_size=read.count))
+    good = rtu_reply(read.unit, read.function_code, words)
+    at = data.draw(st.integers(0, len(good) - 1))
+    value = data.draw(st.integers(0, 255).filter(lambda v: v != good[at]))
+    with pytest.raises(FrameError):
+        RTU.decode(good[:at] + bytes([value]) + good[at + 1:], read)
+    # two bytes changed anywhere within 16 bits of each other: still a burst the CRC catches
+    at = data.draw(st.integers(0, len(good) - 2))
+    burst = data.draw(st.binary(min_size=2, max_size=2).filter(lambda b: b != good[at:at + 2]))
+    with pytest.raises(FrameError):
+        RTU.decode(good[:at] + burst + good[at + 2:], read)
+    cut = data.draw(st.integers(0, len(good) - 1))
+    with pytest.raises(FrameError):
+        RTU.decode(good[:cut], read)
+    with pytest.raises(FrameError):
+        RTU.decode(good + data.draw(st.binary(min_size=1, max_size=300)), read)
+    for n in range(len(good)):
+        assert RTU.frame_size(good[:n], read) in (None, len(good))
+    assert RTU.decode(good, read) == Reply(tuple(words))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Modbus TCP bus against real sockets
+
+CLIENT_LOGGERS = ("poller.modbus", "poller.transport")
+
 
 class AsyncioTrouble(logging.Handler):
     """Collects what asyncio reports (its exception handler, its logger) and what the client
@@ -179,26 +319,27 @@ class AsyncioTrouble(logging.Handler):
         self.collect = collect  # gc.collect() at the end: slow in a test of thousands of examples
         self.contexts: list[dict] = []
         self.records: list[logging.LogRecord] = []
-        self.client_level = logging.NOTSET
+        self.client_levels: dict[str, int] = {}
 
     def emit(self, record):
         self.records.append(record)
 
     def __enter__(self):
         asyncio.get_running_loop().set_exception_handler(lambda loop, context: self.contexts.append(context))
-        client = logging.getLogger("poller.modbus")
-        self.client_level = client.level
-        client.setLevel(logging.DEBUG)  # so that an INFO record would be made, and seen here
-        for name in ("asyncio", "poller.modbus"):
+        self.client_levels = {name: logging.getLogger(name).level for name in CLIENT_LOGGERS}
+        for name in CLIENT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.DEBUG)  # so that an INFO record would be made, and seen here
+        for name in ("asyncio", *CLIENT_LOGGERS):
             logging.getLogger(name).addHandler(self)
         return self
 
     def __exit__(self, *exc):
         if self.collect:
             gc.collect()  # a future whose exception nobody retrieved says so when collected
-        for name in ("asyncio", "poller.modbus"):
+        for name in ("asyncio", *CLIENT_LOGGERS):
             logging.getLogger(name).removeHandler(self)
-        logging.getLogger("poller.modbus").setLevel(self.client_level)
+        for name, level in self.client_levels.items():
+            logging.getLogger(name).setLevel(level)
 
     def check(self):
         assert not self.contexts, [c.get("message") for c in self.contexts]
@@ -370,10 +511,10 @@ def test_an_adversarial_device_never_gets_a_wrong_value_through_nor_delays_its_n
     async def run():
         with AsyncioTrouble() as trouble:
             server = await asyncio.start_server(adversary.serve, "127.0.0.1", 0)
-            good = ModbusTcpServer(units={}, default=lambda: neighbour_words)
+            good = SimulatedServer(units={}, default=lambda: neighbour_words)
             good_port = await good.start()
-            endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
-            neighbour = Endpoint("127.0.0.1", good_port)
+            bus = tcp_bus("127.0.0.1", server.sockets[0].getsockname()[1])
+            neighbour = tcp_bus("127.0.0.1", good_port)
             done = asyncio.Event()
             neighbour_reads: list[float] = []
 
@@ -391,7 +532,7 @@ def test_an_adversarial_device_never_gets_a_wrong_value_through_nor_delays_its_n
                     for i, (_, fc, words) in enumerate(script):
                         block = ReadBlock(fc, 1000 + 128 * i, len(words), ())
                         try:
-                            outcomes.append(await endpoint.read(block, unit, TIMEOUT))
+                            outcomes.append(await bus.read(block, unit, TIMEOUT))
                         except ModbusError as exc:
                             outcomes.append(exc)
                     return outcomes
@@ -401,7 +542,7 @@ def test_an_adversarial_device_never_gets_a_wrong_value_through_nor_delays_its_n
             try:
                 outcomes, _ = await asyncio.gather(poll_adversary(), poll_neighbour())
             finally:
-                endpoint.close()
+                bus.close()
                 neighbour.close()
                 await adversary.stop(server)
                 await good.stop()
@@ -451,12 +592,12 @@ def test_a_reply_arriving_in_pieces_is_reassembled(pieces):
     async def run():
         with AsyncioTrouble() as trouble:
             server = await asyncio.start_server(device, "127.0.0.1", 0)
-            endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+            bus = tcp_bus("127.0.0.1", server.sockets[0].getsockname()[1])
             try:
                 for n in range(1, 41):  # replies of 11..89 bytes, cut at 1..88
-                    assert await endpoint.read(ReadBlock(INPUT, 0, n, ()), 9, timeout=10) == words[:n]
+                    assert await bus.read(ReadBlock(INPUT, 0, n, ()), 9, timeout=10) == words[:n]
             finally:
-                endpoint.close()
+                bus.close()
                 server.close()
                 await server.wait_closed()
         trouble.check()
@@ -480,13 +621,13 @@ def test_a_device_dropping_the_connection_mid_reply_fails_the_read_at_once(how, 
     async def run():
         with AsyncioTrouble() as trouble:
             server = await asyncio.start_server(device, "127.0.0.1", 0)
-            endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+            bus = tcp_bus("127.0.0.1", server.sockets[0].getsockname()[1])
             started = time.monotonic()
             try:
                 with pytest.raises(BadReply, match="connection closed by the device"):
-                    await endpoint.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=30)
+                    await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=30)
             finally:
-                endpoint.close()
+                bus.close()
                 server.close()
                 await server.wait_closed()
         trouble.check()
@@ -524,15 +665,15 @@ def test_bytes_after_a_reply_are_never_taken_as_the_next_one():
     async def run():
         with AsyncioTrouble() as trouble:
             server = await asyncio.start_server(device, "127.0.0.1", 0)
-            endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+            bus = tcp_bus("127.0.0.1", server.sockets[0].getsockname()[1])
             block = ReadBlock(HOLDING, 0, 3, ())
             try:
-                first = await endpoint.read(block, 1, timeout=5)
+                first = await bus.read(block, 1, timeout=5)
                 await forged_sent.wait()
                 await asyncio.wait_for(first_closed.wait(), 5)  # the poller hung up on the stray bytes
-                second = await endpoint.read(block, 1, timeout=5)
+                second = await bus.read(block, 1, timeout=5)
             finally:
-                endpoint.close()
+                bus.close()
                 server.close()
                 await server.wait_closed()
         trouble.check()
@@ -561,13 +702,13 @@ def test_bytes_after_a_reply_in_the_same_chunk_fail_the_read():
     async def run():
         with AsyncioTrouble() as trouble:
             server = await asyncio.start_server(device, "127.0.0.1", 0)
-            endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+            bus = tcp_bus("127.0.0.1", server.sockets[0].getsockname()[1])
             try:
                 with pytest.raises(BadReply, match=r"1 byte\(s\) after the end of the reply"):
-                    await endpoint.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=5)
-                second = await endpoint.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=5)
+                    await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=5)
+                second = await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=5)
             finally:
-                endpoint.close()
+                bus.close()
                 server.close()
                 await server.wait_closed()
         trouble.check()
@@ -595,13 +736,13 @@ def test_a_flooding_device_fails_the_read_at_once_and_is_hung_up_on():
     async def run():
         with AsyncioTrouble() as trouble:
             server = await asyncio.start_server(device, "127.0.0.1", 0)
-            endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+            bus = tcp_bus("127.0.0.1", server.sockets[0].getsockname()[1])
             try:
                 with pytest.raises(BadReply) as failed:
-                    await endpoint.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=30)
+                    await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=30)
                 await asyncio.wait_for(hung_up.wait(), 5)
             finally:
-                endpoint.close()
+                bus.close()
                 server.close()
                 await server.wait_closed()
         trouble.check()
@@ -621,14 +762,14 @@ def test_garbled_replies_fail_as_bad_replies_and_asyncio_logs_nothing():
     async def run():
         with AsyncioTrouble() as trouble:
             port = await garbage.start()
-            endpoint = Endpoint("127.0.0.1", port)
+            bus = tcp_bus("127.0.0.1", port)
             try:
                 for _ in range(200):
                     with pytest.raises(ModbusError) as failed:
-                        await endpoint.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=0.3)
+                        await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=0.3)
                     kinds[type(failed.value).__name__] += 1
             finally:
-                endpoint.close()
+                bus.close()
                 await garbage.stop()
         trouble.check()
 
@@ -652,12 +793,12 @@ def test_any_host_that_cannot_be_reached_is_a_connect_error(host):
 
     async def run():
         with AsyncioTrouble() as trouble:
-            endpoint = Endpoint(host, port, connect_timeout=0.5)  # a lost DNS answer would cost 5 s
+            bus = tcp_bus(host, port, connect_timeout=0.5)  # a lost DNS answer would cost 5 s
             try:
                 with pytest.raises(ConnectError) as failed:
-                    await endpoint.read(ReadBlock(HOLDING, 0, 1, ()), 1, timeout=0.1)
+                    await bus.read(ReadBlock(HOLDING, 0, 1, ()), 1, timeout=0.1)
             finally:
-                endpoint.close()
+                bus.close()
         trouble.check()
         return failed.value
 
@@ -672,9 +813,9 @@ def test_a_device_that_does_not_accept_the_connection_is_a_connect_error_after_t
         with socket.create_connection(("127.0.0.1", port)):
 
             async def run():
-                endpoint = Endpoint("127.0.0.1", port, connect_timeout=0.3)
+                bus = tcp_bus("127.0.0.1", port, connect_timeout=0.3)
                 with pytest.raises(ConnectError) as failed:
-                    await endpoint.read(ReadBlock(HOLDING, 0, 1, ()), 1, timeout=0.1)
+                    await bus.read(ReadBlock(HOLDING, 0, 1, ()), 1, timeout=0.1)
                 return failed.value
 
             started = time.monotonic()
@@ -685,13 +826,13 @@ def test_a_device_that_does_not_accept_the_connection_is_a_connect_error_after_t
 
 def test_a_block_no_request_can_carry_is_refused_before_anything_is_sent(hung_port):
     async def run():
-        endpoint = Endpoint("127.0.0.1", hung_port)
+        bus = tcp_bus("127.0.0.1", hung_port)
         try:
             with pytest.raises(BadRequest, match="unit id 256 outside 0..255") as failed:
-                await endpoint.read(ReadBlock(HOLDING, 0, 1, ()), 256, timeout=5)
-            return failed.value, endpoint._connection
+                await bus.read(ReadBlock(HOLDING, 0, 1, ()), 256, timeout=5)
+            return failed.value, bus._connection
         finally:
-            endpoint.close()
+            bus.close()
 
     error, connection = asyncio.run(run())
     assert connection is None and not error.breaks_connection
@@ -719,16 +860,16 @@ def test_a_cancelled_read_leaves_no_reply_behind_for_the_next_one():
     async def run():
         with AsyncioTrouble() as trouble:
             server = await asyncio.start_server(device, "127.0.0.1", 0)
-            endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+            bus = tcp_bus("127.0.0.1", server.sockets[0].getsockname()[1])
             try:
-                slow = asyncio.create_task(endpoint.read(ReadBlock(HOLDING, 1, 2, ()), 1, timeout=5))
+                slow = asyncio.create_task(bus.read(ReadBlock(HOLDING, 1, 2, ()), 1, timeout=5))
                 await received.wait()
                 slow.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await slow
-                words = await endpoint.read(ReadBlock(HOLDING, 2, 2, ()), 1, timeout=5)
+                words = await bus.read(ReadBlock(HOLDING, 2, 2, ()), 1, timeout=5)
             finally:
-                endpoint.close()
+                bus.close()
                 server.close()
                 await server.wait_closed()
         trouble.check()
@@ -738,21 +879,21 @@ def test_a_cancelled_read_leaves_no_reply_behind_for_the_next_one():
     assert len(connections) == 2  # the cancelled request's connection was dropped
 
 
-def test_concurrent_reads_on_one_endpoint_go_one_at_a_time_over_one_connection():
-    """Whatever the callers do, one request is in flight per endpoint (the lock): 50 reads
+def test_concurrent_reads_on_one_bus_go_one_at_a_time_over_one_connection():
+    """Whatever the callers do, one request is in flight per bus (the lock): 50 reads
     started at once reach the device one after the other, over one connection."""
     bank = {(4, a): a + 1 for a in range(100)}
-    server = ModbusTcpServer(units={}, default=lambda: bank, latency_s=0.002)
+    server = SimulatedServer(units={}, default=lambda: bank, latency_s=0.002)
 
     async def run():
         port = await server.start()
-        endpoint = Endpoint("127.0.0.1", port)
+        bus = tcp_bus("127.0.0.1", port)
         try:
             blocks = [ReadBlock(INPUT, i, 1 + i % 20, ()) for i in range(50)]
-            results = await asyncio.gather(*(endpoint.read(b, 1, timeout=10) for b in blocks),
+            results = await asyncio.gather(*(bus.read(b, 1, timeout=10) for b in blocks),
                                            return_exceptions=True)
         finally:
-            endpoint.close()
+            bus.close()
             await server.stop()
         return blocks, results
 
@@ -779,12 +920,12 @@ def test_pause_is_the_least_time_between_the_end_of_one_request_and_the_start_of
 
     async def run():
         server = await asyncio.start_server(device, "127.0.0.1", 0)
-        endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+        bus = tcp_bus("127.0.0.1", server.sockets[0].getsockname()[1])
         try:
             for _ in range(3):
-                assert await endpoint.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=5, pause=0.2) == [7, 7]
+                assert await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=5, pause=0.2) == [7, 7]
         finally:
-            endpoint.close()
+            bus.close()
             server.close()
             await server.wait_closed()
 

@@ -15,13 +15,14 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller.modbus import BadReply, Endpoint, ExceptionReply, ModbusError
-from poller.model import FunctionCode, ReadBlock
+from poller.modbus import BadReply, ExceptionReply, ModbusError
+from poller.model import BusAddress, FunctionCode, ReadBlock, Transport
+from poller.transport import open_bus
 from tests.servers import GarbageServer, ModbusServerThread, free_port, start_module, stop_process
 from tests.test_faults import seed_registers
 from tests.test_modbus import AsyncioTrouble
 from virtual_server.device import make_device
-from virtual_server.server import ModbusTcpServer
+from virtual_server.server import SimulatedServer
 
 
 def wait_until(predicate, timeout, what):
@@ -37,7 +38,7 @@ def wait_until(predicate, timeout, what):
 def test_healthy_meters_arrive_every_cycle_on_time_next_to_broken_ones(postgres, database, victoria, hung_port,
                                                                       tmp_path):
     words = make_device("virtual_meter", seed_registers(postgres, database), 3).words()
-    gateways = [ModbusServerThread(ModbusTcpServer(units={}, default=lambda: words)) for _ in range(4)]
+    gateways = [ModbusServerThread(SimulatedServer(units={}, default=lambda: words)) for _ in range(4)]
     garbage = ModbusServerThread(GarbageServer())
     refused = free_port()
     rows = [f"({gw.port}, {unit})" for gw in gateways for unit in range(1, 6)]
@@ -76,7 +77,7 @@ def test_healthy_meters_arrive_every_cycle_on_time_next_to_broken_ones(postgres,
         assert len(lines) == 1 and reason in lines[0], (meter_id, lines)
     assert re.search(r"skipping \d+ cycles", text) is None  # repeats are DEBUG, not in an INFO log
     # the hung device keeps its host:port busy past the next ticks: said once, not every tick
-    busy = re.findall(rf"WARNING poller: \d+ host:port\(s\) still busy .*127.0.0.1:{hung_port}", text)
+    busy = re.findall(rf"WARNING poller: \d+ bus\(es\) still busy .*127.0.0.1:{hung_port}", text)
     assert len(busy) == 1, text
     (up,) = [s for s in victoria.export('{__name__="poller_status_up", meter="1001"}')]
     assert set(up["values"]) == {0.0}
@@ -158,7 +159,7 @@ def test_random_replies_never_crash_the_poller():
         async def exchange():
             with AsyncioTrouble(collect=False) as trouble:  # nothing logged, whatever the reply
                 server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
-                endpoint = Endpoint("127.0.0.1", server.sockets[0].getsockname()[1])
+                endpoint = open_bus(BusAddress(Transport.TCP, "127.0.0.1", server.sockets[0].getsockname()[1]))
                 try:
                     got = await endpoint.read(block, unit, timeout=5)  # long: a complete reply is never late
                 except ModbusError as exc:
@@ -195,7 +196,7 @@ def test_random_replies_never_crash_the_poller():
 def test_configuration_changes_take_effect_within_a_cycle_and_survive_a_postgres_restart(
         postgres, database, victoria, tmp_path):
     words = make_device("virtual_meter", seed_registers(postgres, database), 5).words()
-    gw = ModbusServerThread(ModbusTcpServer(units={}, default=lambda: words))
+    gw = ModbusServerThread(SimulatedServer(units={}, default=lambda: words))
     postgres.psql(database, "-c", f"UPDATE energy_meters SET host = '127.0.0.1', port = {gw.port}")
     log = tmp_path / "poller.log"
     env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *", "POLL_HTTP_PORT": "0"}
@@ -256,7 +257,7 @@ def http_get(url):
 
 def test_healthz_and_metrics_reflect_a_dead_meter(postgres, database, tmp_path):
     words = make_device("virtual_meter", seed_registers(postgres, database), 5).words()
-    gw = ModbusServerThread(ModbusTcpServer(units={}, default=lambda: words))
+    gw = ModbusServerThread(SimulatedServer(units={}, default=lambda: words))
     refused = free_port()
     postgres.psql(database, "-c", f"""
         UPDATE energy_meters SET host = '127.0.0.1', port = {gw.port};

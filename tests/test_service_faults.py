@@ -26,7 +26,7 @@ from tests.servers import InfluxDB1, InfluxV2Bridge, ModbusServerThread, start_m
 from tests.test_config import DEVICE_TYPES, METERS, REGISTERS, TYPE_NAMES, insert
 from tests.test_faults import seed_registers
 from virtual_server.device import make_device
-from virtual_server.server import ModbusTcpServer
+from virtual_server.server import SimulatedServer
 
 CYCLE = re.compile(r"cycle: meters ok=(\d+) failed=(\d+) backed_off=(\d+) readings=(\d+) ")
 
@@ -117,7 +117,7 @@ def rss_kib(pid: int) -> int:
 def fleet(postgres, database, meters: int) -> ModbusServerThread:
     """One gateway serving the seed map at `meters` unit ids, all configured."""
     words = make_device("virtual_meter", seed_registers(postgres, database), 3).words()
-    gateway = ModbusServerThread(ModbusTcpServer(units={}, default=lambda: words))
+    gateway = ModbusServerThread(SimulatedServer(units={}, default=lambda: words))
     postgres.psql(database, "-c", f"""
         DELETE FROM energy_meters;
         INSERT INTO energy_meters (id, host, port, slave_address, type)
@@ -262,7 +262,7 @@ def strict_influx():
 def healthy_gateway():
     """A device answering 230.5 V (float32 at holding register 0) at every unit id."""
     words = {(3, 0): 0x4366, (3, 1): 0x8000}
-    gateway = ModbusServerThread(ModbusTcpServer(units={}, default=lambda: words))
+    gateway = ModbusServerThread(SimulatedServer(units={}, default=lambda: words))
     yield gateway
     gateway.close()
 

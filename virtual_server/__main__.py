@@ -1,7 +1,12 @@
-"""python -m virtual_server: serve simulated meters over Modbus TCP.
+"""python -m virtual_server: serve simulated meters over Modbus TCP, RTU over TCP, UDP or serial RTU.
 
 The register maps come from the configuration database (the same POSTGRES_*
 settings as the poller), so what is served is exactly what the poller reads.
+
+    python -m virtual_server                           # Modbus TCP on 127.0.0.1:502
+    python -m virtual_server --port 4196 --framer rtu  # RTU over TCP (a transparent serial server)
+    python -m virtual_server --udp --port 1502         # Modbus UDP
+    python -m virtual_server --serial /dev/pts/3       # RTU on a serial line, 9600 8N1
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from poller.model import Register
 from poller.settings import SettingsError, from_env, load_env_file
 
 from .device import make_device
-from .server import ModbusTcpServer
+from .server import Framer, SimulatedServer
 
 log = logging.getLogger("virtual_server")
 
@@ -39,13 +44,26 @@ def tcp_port(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m virtual_server",
-        description="Serve simulated meters over Modbus TCP (functions 3 and 4), with register maps "
-                    "read from the configuration database (POSTGRES_* settings, .dev.env).")
+        description="Serve simulated meters over Modbus TCP, RTU over TCP, UDP or serial RTU (functions 3 "
+                    "and 4), with register maps read from the configuration database (POSTGRES_* settings, "
+                    ".dev.env).")
     # loopback unless asked: run by hand, a simulated meter is no business of the network
     # (docker-compose.yml passes --host 0.0.0.0, so the poller's container reaches it)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
                    "0.0.0.0 for every address)")
-    p.add_argument("--port", type=tcp_port, default=502, help="TCP port (default 502)")
+    p.add_argument("--port", type=tcp_port, default=502, help="TCP or UDP port (default 502)")
+    p.add_argument("--framer", choices=("socket", "rtu"), default=None,
+                   help="socket: Modbus TCP (MBAP header, the default); rtu: RTU frames with CRC over TCP "
+                        "(or UDP), as a transparent serial server passes them")
+    wire = p.add_mutually_exclusive_group()
+    wire.add_argument("--udp", action="store_true", help="serve over UDP instead of TCP")
+    wire.add_argument("--serial", metavar="DEVICE",
+                      help="serve RTU on a serial device instead, e.g. one end of a pty pair made with "
+                           "`socat -d -d pty,raw,echo=0 pty,raw,echo=0` (--host and --port are then unused)")
+    p.add_argument("--baudrate", type=int, default=9600, help="serial: baud rate (default 9600)")
+    p.add_argument("--parity", type=parity, default="N", help="serial: none, even or odd (N, E, O; default none)")
+    p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="serial: stop bits (default 1)")
+    p.add_argument("--bytesize", type=int, choices=(7, 8), default=8, help="serial: data bits (default 8)")
     p.add_argument("--device-type", default="virtual_meter",
                    help="device type served at every unit id (default virtual_meter)")
     p.add_argument("--unit", action="append", default=[], metavar="ID=TYPE",
@@ -57,7 +75,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before every reply")
     p.add_argument("--log-requests", action="store_true", help="log every request received")
     p.add_argument("--env-file", default=".dev.env", help="settings file loaded when present")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.serial and args.framer == "socket":
+        p.error("--framer socket: a serial line carries RTU frames")
+    return args
+
+
+def parity(text: str) -> str:
+    """--parity: none/even/odd or N/E/O, any case, as pyserial's letter."""
+    letter = {"none": "N", "even": "E", "odd": "O"}.get(text.lower(), text.upper())
+    if letter not in ("N", "E", "O"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a parity (none, even or odd)")
+    return letter
+
+
+async def start(server: SimulatedServer, args: argparse.Namespace) -> str | None:
+    """Start serving as the arguments say: where it serves, or None (logged) when it cannot."""
+    framer: Framer = args.framer or "socket"
+    kind = {"socket": "Modbus", "rtu": "RTU over"}[framer]
+    try:
+        if args.serial:
+            await server.start_serial(args.serial, baudrate=args.baudrate, parity=args.parity,
+                                      stopbits=args.stopbits, bytesize=args.bytesize)
+            return f"serial RTU on {args.serial} {args.baudrate} {args.bytesize}{args.parity}{args.stopbits}"
+        if args.udp:
+            port = await server.start_udp(args.host, args.port, framer=framer)
+            return f"{kind} UDP on {args.host}:{port}"
+        port = await server.start_tcp(args.host, args.port, framer=framer)
+        return f"{kind} TCP on {args.host}:{port}"
+    except OSError as exc:
+        if args.serial:
+            log.error("cannot open serial device %s: %s", args.serial, exc.strerror or exc)
+            return None
+        hint = {errno.EADDRINUSE: ": another process listens there; choose another --port",
+                errno.EACCES: ": ports below 1024 need privileges; choose --port 1502 or another"}
+        log.error("cannot listen on %s:%d%s: %s%s", args.host, args.port, " (udp)" if args.udp else "",
+                  exc.strerror or exc, hint.get(exc.errno or 0, ""))
+        return None
 
 
 async def load_types(wanted: set[str], stop: asyncio.Event) -> dict[str, tuple[Register, ...]] | None:
@@ -110,22 +164,17 @@ async def serve(args: argparse.Namespace) -> int:
     def bank(name: str):  # type: ignore[no-untyped-def]
         return lambda: served[name]
 
-    server = ModbusTcpServer(
+    server = SimulatedServer(
         units={uid: bank(t) for uid, t in unit_types.items()},
         default=bank(args.device_type),
         latency_s=args.latency_ms / 1000.0,
         strict=args.strict,
         log_requests=args.log_requests,
     )
-    try:
-        port = await server.start(args.host, args.port)
-    except OSError as exc:
-        hint = {errno.EADDRINUSE: ": another process listens there; choose another --port",
-                errno.EACCES: ": ports below 1024 need privileges; choose --port 1502 or another"}
-        log.error("cannot listen on %s:%d: %s%s", args.host, args.port, exc.strerror or exc,
-                  hint.get(exc.errno or 0, ""))
+    where = await start(server, args)
+    if where is None:
         return 2
-    log.info("serving %s on %s:%d (%s)", ", ".join(sorted(devices)), args.host, port,
+    log.info("serving %s over %s (%s)", ", ".join(sorted(devices)), where,
              "frozen values" if args.frozen else "values change every second")
     last = time.monotonic()
     while not stop.is_set():
@@ -147,6 +196,8 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(logging.INFO)
+    # pymodbus logs its own startup and a failed listen (reported here, once); its errors stay
+    logging.getLogger("pymodbus").setLevel(logging.ERROR)
     load_env_file(args.env_file)
     try:
         return asyncio.run(serve(args))

@@ -1,4 +1,4 @@
-/* An independent Modbus TCP slave built on libmodbus (Debian's libmodbus-dev).
+/* An independent Modbus slave built on libmodbus (Debian's libmodbus-dev), on TCP or a serial line.
  *
  * libmodbus does the protocol (framing, unit ids, exception replies); the
  * register words are spelled out here with plain shifts, so the poller's
@@ -17,7 +17,10 @@
  *   11..12 uint32 4000000000, low word first (CDAB)
  *   13..16 float64 -12345.678, ABCD
  *
- * Usage: libmodbus_slave PORT   (prints "ready" once listening; serves until killed)
+ * Usage: libmodbus_slave PORT                   Modbus TCP on 127.0.0.1:PORT, any unit id
+ *        libmodbus_slave rtu DEVICE BAUD UNIT   Modbus RTU, 8N1, on a serial device (a pty end),
+ *                                               answering unit UNIT only, as a device on a bus does
+ * Either prints "ready" once it listens, and serves until killed.
  */
 #include <errno.h>
 #include <modbus/modbus.h>
@@ -29,15 +32,39 @@
 
 static uint16_t swap16(uint16_t w) { return (uint16_t)((w << 8) | (w >> 8)); }
 
+static int serve_rtu(modbus_t *ctx, modbus_mapping_t *map) {
+    if (modbus_connect(ctx) == -1) {
+        fprintf(stderr, "open: %s\n", modbus_strerror(errno));
+        return 1;
+    }
+    printf("ready\n");
+    fflush(stdout);
+    uint8_t query[MODBUS_RTU_MAX_ADU_LENGTH];
+    for (;;) {
+        int n = modbus_receive(ctx, query); /* 0: a frame for another unit, ignored */
+        if (n > 0) {
+            modbus_reply(ctx, query, n, map);
+        } else if (n == -1 && (errno == EBADF || errno == EIO)) {
+            return 1; /* the line is gone */
+        } /* other errors (a bad CRC, a short frame): libmodbus flushed the line; wait for the next */
+    }
+}
+
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s PORT\n", argv[0]);
+    int rtu = argc == 5 && strcmp(argv[1], "rtu") == 0;
+    if (argc != 2 && !rtu) {
+        fprintf(stderr, "usage: %s PORT | %s rtu DEVICE BAUD UNIT\n", argv[0], argv[0]);
         return 2;
     }
-    modbus_t *ctx = modbus_new_tcp("127.0.0.1", atoi(argv[1]));
+    modbus_t *ctx = rtu ? modbus_new_rtu(argv[2], atoi(argv[3]), 'N', 8, 1)
+                        : modbus_new_tcp("127.0.0.1", atoi(argv[1]));
     modbus_mapping_t *map = modbus_mapping_new(0, 0, 32, 32);
     if (ctx == NULL || map == NULL) {
         fprintf(stderr, "libmodbus: %s\n", modbus_strerror(errno));
+        return 1;
+    }
+    if (rtu && modbus_set_slave(ctx, atoi(argv[4])) == -1) {
+        fprintf(stderr, "unit: %s\n", modbus_strerror(errno));
         return 1;
     }
     uint16_t *regs[2] = {map->tab_registers, map->tab_input_registers};
@@ -64,6 +91,9 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 4; i++) {
             r[13 + i] = (uint16_t)(dbits >> (48 - 16 * i));
         }
+    }
+    if (rtu) {
+        return serve_rtu(ctx, map);
     }
     int server = modbus_tcp_listen(ctx, 4);
     if (server < 0) {

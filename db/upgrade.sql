@@ -1,0 +1,81 @@
+-- Energy Monitoring Management: bring a configuration database made by an earlier
+-- db/init.sql up to the current schema. Idempotent: running it again changes nothing,
+-- and on a database made by the current db/init.sql it changes nothing either.
+-- docker compose runs it at every `up` (service db-upgrade, before the poller starts);
+-- by hand: psql -v ON_ERROR_STOP=1 -d energy -f db/upgrade.sql
+-- tests/test_upgrade.py checks that the first release's schema, upgraded, equals init.sql's.
+
+BEGIN;
+
+-- The change counter (since the second release): every change to the configuration
+-- tables bumps it, so the poller reloads the tables only when it moved.
+CREATE TABLE IF NOT EXISTS config_version (
+    singleton  boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    version    bigint      NOT NULL DEFAULT 0,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO config_version DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
+
+CREATE OR REPLACE FUNCTION bump_config_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE config_version SET version = version + 1, changed_at = now();
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER device_types_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON device_types
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_config_version();
+CREATE OR REPLACE TRIGGER registers_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON registers
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_config_version();
+CREATE OR REPLACE TRIGGER energy_meters_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON energy_meters
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_config_version();
+GRANT SELECT ON config_version TO emm_reader;
+
+-- 2026-11: transports (README, "Transports") and device quirks (README, "Device quirks")
+
+CREATE TABLE IF NOT EXISTS transports (
+    name        text PRIMARY KEY,
+    description text NOT NULL
+);
+COMMENT ON TABLE transports IS 'energy_meters.transport: how a meter''s requests reach it';
+INSERT INTO transports (name, description) VALUES
+    ('tcp',        'Modbus TCP to host:port (a meter or a Modbus TCP gateway)'),
+    ('rtuovertcp', 'RTU frames with CRC over TCP to host:port (a transparent serial server)'),
+    ('udp',        'Modbus UDP to host:port'),
+    ('serial',     'RTU on a local serial device: host is its path, e.g. /dev/ttyUSB0')
+ON CONFLICT (name) DO NOTHING;
+
+ALTER TABLE device_types
+    ADD COLUMN IF NOT EXISTS connect_pause_ms integer NOT NULL DEFAULT 0
+        CONSTRAINT device_types_connect_pause_ms_check CHECK (connect_pause_ms BETWEEN 0 AND 60000),
+    ADD COLUMN IF NOT EXISTS close_after_poll boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS single_value_reads boolean NOT NULL DEFAULT false;
+
+ALTER TABLE energy_meters
+    ADD COLUMN IF NOT EXISTS transport text NOT NULL DEFAULT 'tcp'
+        CONSTRAINT energy_meters_transport_fkey REFERENCES transports (name) ON UPDATE CASCADE,
+    ADD COLUMN IF NOT EXISTS baudrate integer NOT NULL DEFAULT 9600
+        CONSTRAINT energy_meters_baudrate_check CHECK (baudrate BETWEEN 50 AND 4000000),
+    ADD COLUMN IF NOT EXISTS parity text NOT NULL DEFAULT 'N'
+        CONSTRAINT energy_meters_parity_check CHECK (parity IN ('N', 'E', 'O')),
+    ADD COLUMN IF NOT EXISTS stopbits smallint NOT NULL DEFAULT 1
+        CONSTRAINT energy_meters_stopbits_check CHECK (stopbits IN (1, 2)),
+    ADD COLUMN IF NOT EXISTS bytesize smallint NOT NULL DEFAULT 8
+        CONSTRAINT energy_meters_bytesize_check CHECK (bytesize IN (7, 8));
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'energy_meters_serial_host_check') THEN
+        ALTER TABLE energy_meters ADD CONSTRAINT energy_meters_serial_host_check
+            CHECK (transport <> 'serial' OR host LIKE '/%');
+    END IF;
+END
+$$;
+COMMENT ON COLUMN energy_meters.host IS 'host name or address; for transport serial, the device path';
+
+GRANT SELECT ON transports TO emm_reader;
+
+-- ALTER TABLE fires no trigger: tell running pollers to read the configuration again.
+UPDATE config_version SET version = version + 1, changed_at = now();
+
+COMMIT;

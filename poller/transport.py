@@ -1,0 +1,426 @@
+"""How requests reach a bus: one client per bus kind, made here and nowhere else.
+
+The cycle asks `open_bus(address)` for the client of a BusAddress and then only calls
+
+    words = await bus.read(block, unit, timeout, pause=..., connect_pause=...)
+    bus.close()
+
+A bus connects at its first read, and again at the first read after close() or after
+anything that made its connection untrustworthy. Every bus:
+- carries one request at a time (its own lock), whatever its callers do;
+- keeps `pause` between the end of one request and the start of the next, and
+  `connect_pause` between (re)connecting (opening the port, for serial) and the first
+  request on that connection (Huawei dongles drop requests sent sooner);
+- raises nothing but a ModbusError (or CancelledError), whose message names the bus as
+  str(address); logs nothing above DEBUG per request; may be closed any number of times.
+
+The kinds:
+- tcp: MBAP over a TCP stream. A byte stream cannot get back into step once a byte
+  that is not the reply has come, so after a timeout, a wrong reply or a cancelled
+  read the connection is dropped and the next read connects anew.
+- rtuovertcp: the same with RTU frames (transparent serial servers). An RTU reply names
+  no request (no transaction id), so after a wrong reply or a cancelled read nothing
+  more is sent until that request's own timeout is over: the reply the device may
+  still be sending, which some gateways hand to the next connection, then finds no
+  request it could pass for.
+- udp: MBAP in datagrams. A datagram is a whole reply or none, and a late or repeated
+  reply carries the transaction id of its own request, so those are ignored (and
+  counted) and the socket is kept; a datagram with the right id and a wrong body is a
+  BadReply. An ICMP "port unreachable" is a ConnectError.
+- serial: RTU on a local serial device. Frames are told apart by silence: a request is
+  sent only after the line has been quiet for 3.5 characters (line.silence_s) since the
+  last byte seen or sent. The port stays open after a failure: whatever still arrives
+  is read and thrown away, and, as for rtuovertcp, nothing is sent until the failed
+  request's timeout is over and the line is quiet, so noise and the tail of a garbled
+  frame are never taken as a reply. The timeout counts the device's silence: the
+  frames' own time on the wire, long at low baud rates, is added to it. A dead unit
+  costs its bus one timeout and nothing else.
+  What RTU cannot tell apart: a reply that comes after its own timeout is over, during
+  the next request to the same unit for as many registers with the same function code.
+  The window, the quiet wait and the unit, function code, byte count and CRC checks are
+  the defence there is.
+
+Serial I/O: pyserial opens the port and sets the line (baud rate, parity, stop and data
+bits) with an exclusive lock, so a second program on the same port is refused when it
+opens, not heard later as noise; the event loop then reads the port's file descriptor
+itself (loop.add_reader). Not pyserial-asyncio(-fast): its transport buffers writes and
+tells neither when the last byte of a request left nor lets waiting input be read and
+discarded just before a request, which is what the inter-frame silence needs; and a read
+request is 8 bytes, which one non-blocking write hands to the driver whole, so a write
+buffer would have nothing to do. POSIX only, as the service is (its image is Linux).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import termios
+import time
+from typing import Protocol
+
+import serial
+
+from .modbus import (
+    MBAP,
+    RTU,
+    BadReply,
+    BadRequest,
+    ConnectError,
+    ConnectionClosed,
+    DatagramConnection,
+    ExceptionReply,
+    FrameError,
+    Framing,
+    Reply,
+    Request,
+    ResponseTimeout,
+    SerialConnection,
+    StreamConnection,
+)
+from .model import BusAddress, ReadBlock, SerialLine, Transport
+
+__all__ = ["Bus", "SerialBus", "TcpBus", "UdpBus", "open_bus"]
+
+
+class Bus(Protocol):
+    """One bus: one connection, one request at a time (the implementation's lock)."""
+
+    async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0,
+                   connect_pause: float = 0.0) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+def open_bus(address: BusAddress, connect_timeout: float = 3.0) -> Bus:
+    """The client for `address`'s kind; it connects at its first read."""
+    if address.transport in (Transport.TCP, Transport.RTU_OVER_TCP):
+        return TcpBus(address, connect_timeout)
+    if address.transport is Transport.UDP:
+        return UdpBus(address, connect_timeout)
+    if address.transport is Transport.SERIAL:
+        return SerialBus(address)
+    raise ValueError(f"{address}: unknown transport {address.transport!r}")  # pragma: no cover - an enum
+
+
+class _Link(Protocol):
+    """What a bus needs of a connection (modbus.StreamConnection, DatagramConnection, SerialConnection)."""
+
+    @property
+    def usable(self) -> bool: ...
+
+    @property
+    def received(self) -> int: ...
+
+    def send(self, request: Request, frame: bytes) -> asyncio.Future[Reply]: ...
+
+
+class _Bus:
+    """What every kind shares: the lock, the pauses, transaction ids, and the errors of a read."""
+
+    framing: Framing = MBAP
+
+    def __init__(self, address: BusAddress, connect_timeout: float = 3.0) -> None:
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self._lock = asyncio.Lock()  # one request in flight, whatever the callers do
+        self._last_end = 0.0  # monotonic time the last request ended
+        self._connected_at = 0.0  # monotonic time the current connection was made
+        self._window_end = 0.0  # monotonic time the request in flight times out
+        self._reserved_until = 0.0  # no request before this: a failed request's reply may still come
+        self._transaction = 0  # last transaction id sent; ids run 1..65535, never 0
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+    async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0,
+                   connect_pause: float = 0.0) -> list[int]:
+        """Read one block from one unit id; the words, exactly `block.count` of them.
+
+        `pause`: the least time between the end of one request on this bus and the
+        start of the next. `connect_pause`: the least time between (re)connecting and
+        a request. Raises a ModbusError (or CancelledError), nothing else.
+        """
+        async with self._lock:
+            if pause:
+                wait = self._last_end + pause - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            try:
+                return await self._read(block, unit, timeout, connect_pause)
+            finally:
+                self._last_end = time.monotonic()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # what a kind provides
+
+    async def _connect(self, timeout: float) -> _Link:
+        """A usable connection: the one there is, or a new one (then `_connected_at` is now)."""
+        raise NotImplementedError
+
+    async def _before_send(self, link: _Link, request: Request, block: ReadBlock, timeout: float) -> None:
+        """Anything to wait for between having a connection and sending (serial: the quiet line)."""
+
+    def _wire_time(self, request: Request) -> float:
+        """Time the request and its reply spend on the wire, added to the timeout."""
+        return 0.0
+
+    def _drop(self) -> None:
+        """The request in flight failed or was cancelled: never take its reply for another's."""
+        self.close()
+
+    # shared
+
+    def _next_transaction(self) -> int:
+        self._transaction = self._transaction % 0xFFFF + 1
+        return self._transaction
+
+    def _give_up(self, reserve: bool = True) -> None:
+        if reserve and not self.framing.transaction_ids:
+            # RTU: a reply names no request, so the failed one's reply, still on its way (the
+            # device answering behind noise, or a cancelled read's), could pass for the next
+            # one's. Nothing is sent until the failed request's own timeout is over. (Not after
+            # the connection or port broke: no reply comes through a line that is gone.)
+            self._reserved_until = max(self._reserved_until, self._window_end)
+        self._drop()
+
+    async def _read(self, block: ReadBlock, unit: int, timeout: float, connect_pause: float) -> list[int]:
+        request = Request(self._next_transaction(), unit, int(block.function_code), block.address, block.count)
+        try:
+            frame = self.framing.encode(request)
+        except ValueError as exc:
+            raise BadRequest(f"{self} unit {unit}, {block}: not sent: {exc}") from None
+        self._window_end = 0.0  # nothing in flight yet: a failure before sending reserves nothing
+        wait = self._reserved_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        link = await self._connect(timeout)
+        try:
+            wait = self._connected_at + connect_pause - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._before_send(link, request, block, timeout)
+            window = timeout + self._wire_time(request)
+            self._window_end = time.monotonic() + window
+            async with asyncio.timeout(window):
+                reply = await link.send(request, frame)
+        except TimeoutError:
+            received = link.received
+            self._give_up()
+            if received:
+                raise ResponseTimeout(f"no complete reply from {self} unit {unit} to {block} within {timeout:g} s "
+                                      f"({received} byte(s) arrived)") from None
+            raise ResponseTimeout(f"no reply from {self} unit {unit} to {block} within {timeout:g} s") from None
+        except (FrameError, ConnectionClosed) as exc:
+            self._give_up(reserve=isinstance(exc, FrameError))
+            raise BadReply(f"{self} unit {unit}, {block}: {exc}") from None
+        except OSError as exc:  # an ICMP error on a datagram socket
+            self._give_up()
+            raise ConnectError(f"cannot connect to {self}: {_unreachable(exc)}") from None
+        except BaseException:
+            self._give_up()  # cancelled: a reply still on its way must not be taken as the next one's
+            raise
+        if reply.exception is not None:
+            raise ExceptionReply(reply.exception, block, unit)
+        return list(reply.words)
+
+    def _connect_error(self, exc: BaseException, limit: float) -> ConnectError:
+        """The ConnectError for what creating a socket to host:port raised."""
+        if isinstance(exc, TimeoutError):
+            return ConnectError(f"cannot connect to {self}: no answer within {limit:g} s")
+        if isinstance(exc, socket.gaierror):
+            return ConnectError(f"cannot connect to {self}: name not resolved ({exc.strerror})")
+        if isinstance(exc, UnicodeError):  # the idna codec: '192.168..10', '.meter', a label over 63 characters
+            return ConnectError(f"cannot connect to {self}: not a valid host name ({exc})")
+        if isinstance(exc, ConnectionRefusedError):
+            return ConnectError(f"cannot connect to {self}: connection refused")
+        if isinstance(exc, OSError):
+            return ConnectError(f"cannot connect to {self}: {exc.strerror or exc}")
+        # e.g. OverflowError for a port outside 0..65535
+        return ConnectError(f"cannot connect to {self}: {type(exc).__name__}: {exc}")
+
+
+def _unreachable(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "port unreachable (ICMP): nothing listens on that UDP port"
+    return exc.strerror or str(exc)
+
+
+class TcpBus(_Bus):
+    """Modbus TCP (MBAP) or RTU over TCP to one host:port: a meter, or a gateway fronting many units."""
+
+    def __init__(self, address: BusAddress, connect_timeout: float = 3.0) -> None:
+        super().__init__(address, connect_timeout)
+        self.framing = RTU if address.transport is Transport.RTU_OVER_TCP else MBAP
+        self._connection: StreamConnection | None = None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.close("connection closed by the poller")
+
+    async def _connect(self, timeout: float) -> StreamConnection:
+        if self._connection is not None and self._connection.usable:
+            return self._connection
+        self.close()
+        limit = max(timeout, self.connect_timeout)
+        connection = StreamConnection(self.framing)
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.get_running_loop().create_connection(lambda: connection, self.address.host,
+                                                                   self.address.port)
+        except Exception as exc:
+            raise self._connect_error(exc, limit) from None
+        self._connection = connection
+        self._connected_at = time.monotonic()
+        return connection
+
+
+class UdpBus(_Bus):
+    """Modbus UDP to one host:port: MBAP, one request and one reply per datagram."""
+
+    def __init__(self, address: BusAddress, connect_timeout: float = 3.0) -> None:
+        super().__init__(address, connect_timeout)
+        self._connection: DatagramConnection | None = None
+
+    @property
+    def ignored(self) -> int:
+        """Datagrams ignored on the current socket: late, repeated or stray replies."""
+        return self._connection.ignored if self._connection is not None else 0
+
+    def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.close("socket closed by the poller")
+
+    async def _connect(self, timeout: float) -> DatagramConnection:
+        if self._connection is not None and self._connection.usable:
+            return self._connection
+        self.close()
+        limit = max(timeout, self.connect_timeout)  # name resolution, if the host is a name
+        connection = DatagramConnection(self.framing)
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.get_running_loop().create_datagram_endpoint(
+                    lambda: connection, remote_addr=(self.address.host, self.address.port))
+        except Exception as exc:
+            raise self._connect_error(exc, limit) from None
+        self._connection = connection
+        self._connected_at = time.monotonic()
+        return connection
+
+    def _drop(self) -> None:
+        # A late reply carries its own transaction id and will be ignored: keep the socket.
+        if self._connection is not None:
+            self._connection.abandon()
+            if not self._connection.usable:
+                self.close()
+
+
+class SerialBus(_Bus):
+    """Modbus RTU on a local serial device (address.host is its path, address.line its settings)."""
+
+    framing = RTU
+
+    def __init__(self, address: BusAddress) -> None:
+        super().__init__(address)
+        self.line = address.line or SerialLine()
+        self._port: serial.Serial | None = None
+        self._connection: SerialConnection | None = None
+
+    @property
+    def noise(self) -> int:
+        """Bytes thrown away on the current port: noise, late replies, the rest of garbled frames."""
+        return self._connection.noise if self._connection is not None else 0
+
+    def close(self) -> None:
+        connection, port, self._connection, self._port = self._connection, self._port, None, None
+        if connection is not None:
+            connection.close("port closed by the poller")  # stops reading the fd before it is closed
+        if port is not None:
+            port.close()
+
+    async def _connect(self, timeout: float) -> SerialConnection:
+        if self._connection is not None and self._connection.usable:
+            return self._connection
+        self.close()
+        path, line = self.address.host, self.line
+        try:
+            port = serial.Serial(path, baudrate=line.baudrate, bytesize=line.bytesize, parity=line.parity,
+                                 stopbits=line.stopbits, timeout=0, write_timeout=0, exclusive=True)
+        except Exception as exc:
+            raise ConnectError(f"cannot connect to {self}: {_port_problem(path, exc)}") from None
+        try:
+            fd = port.fileno()
+            os.set_blocking(fd, False)  # pyserial opens it so and leaves it so; the loop must never block on it
+            # VMIN 1 (pyserial sets 0): an empty read then fails with EAGAIN, so a read of 0 bytes
+            # means the device hung up (an adapter unplugged), not "nothing yet".
+            attrs = termios.tcgetattr(fd)
+            attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 1, 0
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+            self._connection = SerialConnection(fd, self.framing, line.char_time_s, str(self))
+        except Exception as exc:
+            port.close()
+            raise ConnectError(f"cannot connect to {self}: {type(exc).__name__}: {exc}") from None
+        self._port = port
+        self._connected_at = time.monotonic()
+        return self._connection
+
+    def _wire_time(self, request: Request) -> float:
+        return (8 + 5 + 2 * request.count) * self.line.char_time_s  # the request, and the longest reply
+
+    async def _before_send(self, link: _Link, request: Request, block: ReadBlock, timeout: float) -> None:
+        """Wait until the line has been quiet for the inter-frame silence; at most `timeout`."""
+        assert isinstance(link, SerialConnection)
+        silence = self.line.silence_s
+        deadline = time.monotonic() + timeout
+        while True:
+            link.discard_input()  # noise: read now, so that it counts as activity and never as a reply
+            now = time.monotonic()
+            quiet = now - link.last_activity
+            if quiet >= silence or not link.usable:
+                return
+            if now >= deadline:
+                raise ResponseTimeout(f"{self} never fell quiet for {silence * 1000:g} ms within {timeout:g} s "
+                                      f"to ask unit {request.unit} for {block} (noise on the line, or another "
+                                      "master talking)")
+            await asyncio.sleep(min(silence - quiet, deadline - now))
+
+    def _drop(self) -> None:
+        # Keep the port: what still arrives for the failed request is read as noise, and the
+        # next request waits for the line to be quiet. A broken port is closed (reopened next read).
+        if self._connection is not None:
+            self._connection.abandon()
+            if not self._connection.usable:
+                self.close()
+
+
+_PORT_ERRORS = {
+    errno.ENOENT: "no such device (is the adapter plugged in, the path right, and the device passed into the "
+                  "container?)",
+    errno.EACCES: "permission denied (the poller's user needs the device's group, usually dialout)",
+    errno.EPERM: "permission denied (the poller's user needs the device's group, usually dialout)",
+    errno.EAGAIN: "in use: another program holds it with an exclusive lock",
+    errno.EBUSY: "device busy",
+    errno.ENOTTY: "not a serial device",
+    errno.ENXIO: "no such device (the adapter is gone)",
+    errno.ENODEV: "no such device (the adapter is gone)",
+}
+
+
+def _port_problem(path: str, exc: BaseException) -> str:
+    """Why `path` could not be opened as a serial port, from what pyserial raised."""
+    code = getattr(exc, "errno", None)
+    cause = exc.__context__
+    if code is None and isinstance(cause, termios.error) and cause.args and isinstance(cause.args[0], int):
+        code = cause.args[0]  # "Could not configure port: (25, 'Inappropriate ioctl for device')"
+    if code is None and isinstance(cause, OSError):
+        code = cause.errno
+    if code in _PORT_ERRORS:
+        return f"{path}: {_PORT_ERRORS[code]}"
+    if isinstance(exc, serial.SerialException | OSError | ValueError):
+        return f"{path}: {exc}"
+    return f"{path}: {type(exc).__name__}: {exc}"
