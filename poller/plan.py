@@ -41,15 +41,13 @@ def plan_reads(
     if max_gap < 0:
         raise PlanError(f"max_gap {max_gap} is negative")
     ordered = sorted(registers, key=lambda r: (r.function_code, r.address, r.end))
-    if one_per_value:
-        return tuple(ReadBlock(r.function_code, r.address, r.words, (r,)) for r in ordered)
     blocks: list[ReadBlock] = []
     members: list[Register] = []
     start = end = 0
     for reg in ordered:
         if reg.words > max_block:
             raise PlanError(f"{reg.measurement} needs {reg.words} registers, more than max_block {max_block}")
-        if members and (
+        if members and not one_per_value and (
             reg.function_code == members[0].function_code
             and reg.address - end <= max_gap
             and max(end, reg.end) - start <= max_block

@@ -202,9 +202,8 @@ class InfluxSink:
             retry_after = parse_retry_after(exc.headers.get("Retry-After"))
             raise WriteError(f"InfluxDB at {self.url} refused {len(lines)} points: HTTP {status} "
                              f"{exc.reason}: {str(body).strip()[:300]}", retryable, retry_after) from None
-        except Exception as exc:  # urllib3 connection errors, timeouts, DNS
-            reason = getattr(exc, "reason", None) or exc
-            raise WriteError(f"InfluxDB at {self.url} is unreachable ({type(exc).__name__}: {reason}); "
+        except Exception as exc:  # urllib3 connection errors, timeouts, DNS: raised as they are (retries=False)
+            raise WriteError(f"InfluxDB at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
                              f"{len(lines)} points not written", True) from None
 
     def close(self) -> None:

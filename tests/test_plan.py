@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller.model import DataType, FunctionCode, Register
-from poller.plan import PlanError, plan_reads, split_block
+from poller.model import DataType, DeviceType, FunctionCode, Register
+from poller.plan import PlanError, plan_device, plan_reads, split_block
 
 HR, IR = FunctionCode.READ_HOLDING_REGISTERS, FunctionCode.READ_INPUT_REGISTERS
 
@@ -130,3 +131,24 @@ def test_limits_that_cannot_work_are_named():
     (single,) = plan_reads([reg(5)])
     with pytest.raises(PlanError, match=r"^block fc3 5\.\.5 holds one register and cannot be split$"):
         split_block(single)
+
+
+def test_one_request_per_value_for_a_device_that_refuses_multi_value_reads():
+    # the single_value_reads quirk: each value is a request of its own (its own width), overlapping
+    # ones too, whatever max_gap allows; still holding before input registers, by address
+    f0, u1, h3, i5 = reg(0, DataType.FLOAT32, rid=1), reg(1, rid=2), reg(3, DataType.UINT32), reg(5, fc=IR)
+    blocks = plan_reads([i5, h3, u1, f0], max_gap=16, one_per_value=True)
+    assert spans(blocks) == [(3, 0, 2), (3, 1, 1), (3, 3, 2), (4, 5, 1)]
+    assert [b.registers for b in blocks] == [(f0,), (u1,), (h3,), (i5,)]
+    # a value wider than max_block is refused with the quirk as without it: no block exceeds it
+    for one_per_value in (False, True):
+        with pytest.raises(PlanError, match="needs 2 registers, more than max_block 1"):
+            plan_reads([f0], max_block=1, one_per_value=one_per_value)
+
+
+def test_a_device_type_is_planned_with_its_own_limits_and_quirk():
+    regs = (reg(0), reg(2), reg(3), reg(4))
+    dtype = DeviceType("t", regs, max_block=3, max_gap=1)
+    # a one-register gap is read through; a block stops at 3 registers
+    assert spans(plan_device(dtype)) == [(3, 0, 3), (3, 3, 2)]
+    assert spans(plan_device(replace(dtype, single_value_reads=True))) == [(3, 0, 1), (3, 2, 1), (3, 3, 1), (3, 4, 1)]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.model import DataType, DeviceType, FunctionCode, Meter, Register
-from poller.schedule import IDLE, CronError, Schedule, cron_interval_s, validate_cron
+from poller.schedule import CRON_FORMAT, IDLE, CronError, Schedule, cron_interval_s, validate_cron
 from poller.settings import DEFAULT_POLL_CRON, SettingsError, from_env
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -91,6 +91,31 @@ def test_crons_that_cannot_be_used_are_refused_with_a_message(expr, reason):
     assert message.startswith(f"poll_cron {' '.join(expr.split())!r} ") and reason in message
     if "never fires" in reason:
         assert "choose a day that exists" in message  # says what to do
+
+
+def test_croniter_s_validity_check_raising_is_a_no(monkeypatch):
+    """croniter.is_valid raising instead of answering (a croniter bug) refuses the expression with
+    the usual message; nothing but a CronError reaches settings.py or store.py."""
+    def choke(cls, expression, *args, **kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(croniter, "is_valid", classmethod(choke))
+    with pytest.raises(CronError) as info:
+        validate_cron("*/5 * * * *", "poll_cron")
+    assert str(info.value) == f"poll_cron '*/5 * * * *' is not a crontab expression ({CRON_FORMAT})"
+
+
+def test_croniter_failing_to_compute_the_next_fire_time_is_refused_with_its_reason(monkeypatch):
+    """Any other error croniter raises for the first fire time (not "no date matches") is a
+    CronError too, with croniter's words."""
+    def overflow(self, *args, **kwargs):
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr(croniter, "get_next", overflow)
+    with pytest.raises(CronError) as info:
+        validate_cron("*/5 * * * *", "poll_cron")
+    assert str(info.value) == (f"poll_cron '*/5 * * * *' is not a crontab expression ({CRON_FORMAT}): "
+                               "date value out of range")
 
 
 @pytest.mark.parametrize("expr", ["0 0 30 2 *", "* * * * * * *", "nope"])

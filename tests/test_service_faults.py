@@ -28,6 +28,9 @@ from tests.test_faults import seed_registers
 from virtual_server.device import make_device
 from virtual_server.server import SimulatedServer
 
+# EMM_SOAK=1 runs the soak tests as long as issue 9 asks (slow InfluxDB 90 s, a locked table 40 s);
+# the default run (scripts/test, CI) keeps them shorter to stay within its time budget.
+SOAK = os.environ.get("EMM_SOAK") == "1"
 CYCLE = re.compile(r"cycle: meters ok=(\d+) failed=(\d+) backed_off=(\d+) readings=(\d+) ")
 
 
@@ -126,7 +129,9 @@ def fleet(postgres, database, meters: int) -> ModbusServerThread:
 
 
 def test_a_slow_influxdb_keeps_memory_bounded_and_loses_nothing(postgres, database, tmp_path):
-    """InfluxDB answers every write after 8 s; 100 meters x 13 points a second for 90 s, then SIGTERM."""
+    """InfluxDB answers every write after 8 s; 100 meters x 13 points a second for 90 s (EMM_SOAK=1;
+    40 s in the default run, which already fills the write buffer and spools), then SIGTERM."""
+    run_s = 90 if SOAK else 40
     gateway = fleet(postgres, database, 100)
     influx = SlowInflux(delay_s=8.0)
     spool_dir = tmp_path / "spool"
@@ -137,7 +142,7 @@ def test_a_slow_influxdb_keeps_memory_bounded_and_loses_nothing(postgres, databa
     rss: list[tuple[float, int]] = []
     started = time.monotonic()
     try:
-        while time.monotonic() - started < 90:
+        while time.monotonic() - started < run_s:
             assert proc.poll() is None, log.read_text()
             rss.append((time.monotonic() - started, rss_kib(proc.pid)))
             time.sleep(1.0)
@@ -160,7 +165,7 @@ def test_a_slow_influxdb_keeps_memory_bounded_and_loses_nothing(postgres, databa
     found = influx.lines | set(spooled_lines(spool_dir, tmp_path))
     found.discard("")
     logged = logged_points(text)
-    assert len(CYCLE.findall(text)) >= 80 and logged > 80 * 1300
+    assert len(CYCLE.findall(text)) >= run_s - 10 and logged > (run_s - 10) * 1300
     assert logged <= len(found) <= logged + 1300  # + the cycle a SIGTERM may have cut short
     per_meter: dict[str, list[int]] = {}
     for line in found:
@@ -170,7 +175,7 @@ def test_a_slow_influxdb_keeps_memory_bounded_and_loses_nothing(postgres, databa
     assert len(per_meter) == 100
     for meter, (statuses, readings) in per_meter.items():
         assert 12 * statuses <= readings <= 12 * (statuses + 1), (meter, statuses, readings)
-    assert influx.writes >= 5  # it was written to, slowly, all along
+    assert influx.writes >= max(3, run_s // 16)  # it was written to, slowly, all along
 
 
 def test_sigterm_while_influxdb_hangs_stops_within_the_bound_and_keeps_everything(postgres, database, tmp_path,
@@ -210,8 +215,9 @@ def test_sigterm_while_influxdb_hangs_stops_within_the_bound_and_keeps_everythin
 
 
 def test_a_locked_configuration_table_never_stops_polling(postgres, database, victoria, tmp_path):
-    """An admin holds registers locked for 40 s while a committed change asks for a reload:
-    every tick still polls, with the last configuration; the change lands after the unlock."""
+    """An admin holds registers locked for 40 s (EMM_SOAK=1; 15 s in the default run) while a
+    committed change asks for a reload: every tick still polls, with the last configuration; the
+    change lands after the unlock."""
     gateway = fleet(postgres, database, 1)
     log = tmp_path / "poller.log"
     env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *"}
@@ -226,7 +232,7 @@ def test_a_locked_configuration_table_never_stops_polling(postgres, database, vi
         locker.execute("LOCK TABLE registers IN ACCESS EXCLUSIVE MODE")  # psycopg2: inside a transaction
         postgres.psql(database, "-c", "UPDATE energy_meters SET description = 'after the lock'")
         locked_from = time.time()
-        time.sleep(40)
+        time.sleep(40 if SOAK else 15)
         locked_until = time.time()
         admin.rollback()  # the lock goes; the committed description change is now readable
         deadline = time.monotonic() + 15

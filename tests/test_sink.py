@@ -233,6 +233,20 @@ def test_series_keys_follow_a_meter_whose_row_changed() -> None:
     assert keys.for_meter(meter) == first
 
 
+def test_series_keys_are_built_once_per_meter_and_forgotten_with_it() -> None:
+    """for_meter runs for every meter in every cycle: a meter's keys are built once (the same dict
+    comes back while the Meter object is the same), and forget_except, after a reload, drops the
+    keys of meters no longer configured and keeps those of the others."""
+    keys = SeriesKeys()
+    three, four = Meter(3, "gw", 502, 1, DTYPE), Meter(4, "gw", 502, 2, DTYPE)
+    first_three, first_four = keys.for_meter(three), keys.for_meter(four)
+    assert keys.for_meter(three) is first_three and keys.for_meter(four) is first_four
+    keys.forget_except({3})
+    assert keys.for_meter(three) is first_three
+    rebuilt = keys.for_meter(four)
+    assert rebuilt == first_four and rebuilt is not first_four
+
+
 # --------------------------------------------------------------------------- through the v2 API
 
 
@@ -419,6 +433,24 @@ def test_retry_after_dates_in_every_form_are_read_in_their_zone(form: str) -> No
     shown = later.astimezone(timezone(timedelta(hours=2))) if "+0200" in form else later
     seconds = parse_retry_after(shown.strftime(form))
     assert seconds is not None and 590 <= seconds <= 600, seconds
+
+
+def test_a_write_waits_10_s_by_default_and_timeout_s_is_handed_to_the_client_in_ms(monkeypatch) -> None:
+    """The poller's sink (make_outbox) uses the default: a write to a hung InfluxDB gives up after
+    10 s; influxdb-client counts its timeout in milliseconds."""
+    import influxdb_client
+
+    timeouts = []
+
+    class Recording(influxdb_client.InfluxDBClient):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            timeouts.append(kwargs["timeout"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(influxdb_client, "InfluxDBClient", Recording)
+    InfluxSink("http://127.0.0.1:9", "t", "emm", "energy").close()
+    InfluxSink("http://127.0.0.1:9", "t", "emm", "energy", timeout_s=2.5).close()
+    assert timeouts == [10_000, 2_500]
 
 
 def test_an_influxdb_nobody_answers_at_is_an_outage_that_names_the_cause() -> None:

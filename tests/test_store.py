@@ -156,8 +156,11 @@ def test_every_change_bumps_the_config_version(postgres, database):
     (regrow(2, 2, "bad", not_available=Decimal("Infinity")), "not_available Infinity is not a raw value"),
     (regrow(2, 2, "bad", data_type=1, not_available=Decimal("1.5")), "not_available 1.5 is not a int16 value"),
     (regrow(2, 2, "bad", data_type=5, not_available=Decimal("-1")), "is not a uint32 value (0..4294967295)"),
-    (regrow(2, 2, "bad", not_available=Decimal("1e39")), "not_available 1E+39 is not a float32 value"),
-    (regrow(2, 2, "bad", data_type=8, not_available=Decimal("1e309")), "is not a float64 value"),
+    (regrow(2, 2, "bad", not_available=Decimal("1e39")), "not_available 1E+39 is not a float32 value (finite, "
+     "|x| <= 3.40282e+38, and not so small it rounds to 0)"),
+    (regrow(2, 2, "bad", data_type=8, not_available=Decimal("1e309")), "not_available 1E+309 is not a float64 value "
+     "(finite, |x| <= 1.79769e+308, and not so small it rounds to 0)"),
+    (regrow(2, 2, "bad", data_type=1, not_available=1.1), "not_available 1.1 is not a int16 value (-32768..32767)"),
     (regrow(2, 2, "bad", not_available=Decimal("1e-50")), "not so small it rounds to 0"),
     (regrow(2, 2, "bad", not_available="n/a"), "not_available 'n/a' is not a number"),
     (regrow(2, 2, "bad", scale=1e-320), "scale 1e-320 must be a finite, non-zero number with 1e-09 <= |scale|"),
@@ -165,6 +168,12 @@ def test_every_change_bumps_the_config_version(postgres, database):
     (regrow(2, 2, "bad", scale=float("nan")), "scale nan must be"),
     (regrow(2, 2, "bad", value_offset=1e16), "value_offset 1e+16 must be finite, with |value_offset| <= 1e+15"),
     (regrow(2, 2, "bad", value_offset=float("-inf")), "value_offset -inf must be finite"),
+    (regrow(2, 2, "bad", value_offset="2"), "value_offset '2' is not a number"),
+    (regrow(2, 2, "bad", scale=20.0e9), "scale 20000000000.0 must be a finite, non-zero number with 1e-09 <= |scale| "
+     "<= 1e+09 (a scale_factor register or value_offset can take the rest)"),
+    (regrow(2, 2, "bad", fc=16), "function_code 16 is not a read (3 read holding registers, 4 read input registers)"),
+    (regrow(2, 2, "bad", data_type=4, byte_order="DCBA"), "a 16-bit value has no words to swap; byte_order DCBA is "
+     "not possible (use ABCD or BADC)"),
     (regrow(2, 2, "bad", register_address="12"), "register_address '12' is not a whole number"),
     (regrow(2, 2, "bad", register_address=None), "register_address None is not a whole number"),
     (regrow(2, 2, "bad", scale="2"), "scale '2' is not a number"),
@@ -185,14 +194,15 @@ def test_a_register_value_that_could_fail_later_is_refused_at_load(row, reason):
 def test_a_bad_measurement_name_is_refused():
     config = build_configuration([TYPE], [regrow(1, 0, "v"), regrow(2, 2, "a b\nc")], [meterrow(1)])
     (problem,) = config.problems
-    assert problem.startswith("registers.id 2 (m.a b\nc): measurement_name 'a b\\nc' must start with a letter")
+    assert problem == ("registers.id 2 (m.a b\nc): measurement_name 'a b\\nc' must start with a letter or '_' and hold "
+                       "only letters, digits, '_', '.' and '-'")
 
 
 @pytest.mark.parametrize(("data_type", "sentinel", "kept"), [
     (1, Decimal("-32768"), -32768), (4, Decimal("65535"), 65535), (5, Decimal("4294967295"), 4294967295),
     (7, Decimal("18446744073709551615"), 18446744073709551615), (1, Decimal("-32768.000"), -32768),
     (3, Decimal("-1.1"), struct.unpack(">f", struct.pack(">f", -1.1))[0]),  # as a float32 decodes
-    (3, Decimal("3.4028234663852886e38"), 3.4028234663852886e38), (8, Decimal("-1.1"), -1.1),
+    (3, Decimal("3.4028234663852886e38"), 3.4028234663852886e38), (8, Decimal("-1.1"), -1.1), (3, Decimal(0), 0.0),
 ])
 def test_not_available_is_kept_as_decode_compares_it(data_type, sentinel, kept):
     config = build_configuration([TYPE], [regrow(1, 0, "v", data_type=data_type, not_available=sentinel)],
@@ -224,25 +234,40 @@ def test_scale_and_offset_at_the_documented_limits_load():
     ("max_block", 2.5, "max_block 2.5 outside 1..125; using 125", 125),
     ("max_gap", -1, "max_gap -1 outside 0..124; using 16", 16),
     ("max_gap", 125, "max_gap 125 outside 0..124; using 16", 16),
+    ("max_gap", 2.5, "max_gap 2.5 outside 0..124; using 16", 16),
     ("request_pause_ms", -1, "request_pause_ms -1 outside 0..10000; using 0", 0.0),
     ("request_pause_ms", 10001, "request_pause_ms 10001 outside 0..10000; using 0", 0.0),
+    ("request_pause_ms", 2.5, "request_pause_ms 2.5 outside 0..10000; using 0", 0.0),
+    ("connect_pause_ms", 60001, "connect_pause_ms 60001 outside 0..60000; using 0", 0.0),
+    ("connect_pause_ms", 2.5, "connect_pause_ms 2.5 outside 0..60000; using 0", 0.0),
+    ("close_after_poll", "yes", "close_after_poll 'yes' is not true or false; using false", False),
+    ("single_value_reads", 1, "single_value_reads 1 is not true or false; using false", False),
 ])
 def test_device_type_limits_out_of_range_fall_back_to_the_default_with_a_problem(column, value, reason, used):
     config = build_configuration([{**TYPE, column: value}], [regrow(1, 0, "v")], [meterrow(1)])
     assert config.problems == (f"device_types m: {reason}",)
     dtype = config.device_types["m"]
-    attr = {"request_pause_ms": "request_pause_s"}.get(column, column)
-    assert getattr(dtype, attr) == used and [m.id for m in config.meters] == [1]
+    attr = {"request_pause_ms": "request_pause_s", "connect_pause_ms": "connect_pause_s"}.get(column, column)
+    assert getattr(dtype, attr) == used and type(getattr(dtype, attr)) is type(used)
+    assert [m.id for m in config.meters] == [1]
 
 
 def test_device_type_limits_at_the_edges_are_kept():
-    row = {"name": "m", "max_block": 1, "max_gap": 124, "timeout_s": 60.0, "request_pause_ms": 10000}
+    row = {"name": "m", "max_block": 1, "max_gap": 124, "timeout_s": 60.0, "request_pause_ms": 10000,
+           "connect_pause_ms": 60000, "close_after_poll": True, "single_value_reads": True}
     config = build_configuration([row], [regrow(1, 0, "v", data_type=1)], [meterrow(1)])
     assert config.problems == ()
     d = config.device_types["m"]
-    assert (d.max_block, d.max_gap, d.timeout_s, d.request_pause_s) == (1, 124, 60.0, 10.0)
-    nulls = build_configuration([{"name": "m"}], [regrow(1, 0, "v")], [meterrow(1)]).device_types["m"]
-    assert (nulls.max_block, nulls.max_gap, nulls.timeout_s, nulls.request_pause_s) == (125, 16, 3.0, 0.0)
+    assert (d.max_block, d.max_gap, d.timeout_s, d.request_pause_s, d.connect_pause_s, d.close_after_poll,
+            d.single_value_reads) == (1, 124, 60.0, 10.0, 60.0, True, True)
+    between = build_configuration([{**row, "timeout_s": 0.5, "connect_pause_ms": 1500}],
+                                  [regrow(1, 0, "v", data_type=1)], [meterrow(1)])
+    assert between.problems == () and (between.device_types["m"].timeout_s,
+                                       between.device_types["m"].connect_pause_s) == (0.5, 1.5)
+    nulls = build_configuration([{"name": "m", "close_after_poll": None}], [regrow(1, 0, "v")],
+                                [meterrow(1)]).device_types["m"]
+    assert (nulls.max_block, nulls.max_gap, nulls.timeout_s, nulls.request_pause_s, nulls.connect_pause_s,
+            nulls.close_after_poll, nulls.single_value_reads) == (125, 16, 3.0, 0.0, 0.0, False, False)
 
 
 @pytest.mark.parametrize(("row", "reason"), [
@@ -255,7 +280,8 @@ def test_device_type_limits_at_the_edges_are_kept():
     (meterrow(2, host="   "), "host '' is empty"),
     (meterrow(2, host="meter 1"), "host 'meter 1' contains a space or control character (' ')"),
     (meterrow(2, host="meter\n1"), "contains a space or control character ('\\n')"),
-    (meterrow(2, host="10.0.0.1:502"), "contains ':': a host name holds letters"),
+    (meterrow(2, host="10.0.0.1:502"), "contains ':': a host name holds letters, digits, '-', '_' and '.' only (an "
+     "IPv6 address as it is, without brackets; the port goes in energy_meters.port)"),
     (meterrow(2, host=5), "host 5 is not text"),
     (meterrow(2, port="502"), "port '502' is not a whole number"),
     (meterrow(2, port=None), "port None is not a whole number"),
@@ -274,13 +300,154 @@ def test_a_type_that_cannot_be_loaded_costs_its_meters_with_a_message():
     config = build_configuration([TYPE, {"name": 7}], [regrow(1, 0, "v")], [meterrow(1), meterrow(2, type_=7)])
     assert [m.id for m in config.meters] == [1]
     assert config.problems[0] == "device_types 7: the name is not text; skipped with its meters"
-    assert config.problems[1].startswith("energy_meters.id 2 ") and "could not be loaded" in config.problems[1]
+    assert config.problems[1] == ("energy_meters.id 2 (10.0.0.1:502 unit 1): type 7 could not be loaded (see its "
+                                  "device_types problem); skipped")
+
+
+def test_a_register_row_reaches_its_register_whole_and_null_columns_read_as_their_defaults():
+    row = regrow(1, 4, "v", data_type=5, fc=3, byte_order="badc", scale=-0.5, value_offset=7.5, data_unit="kWh",
+                 not_available=Decimal("4294967295"))
+    nulls = regrow(2, 65535, "w", data_type=4, data_unit="", byte_order=None, scale=None, value_offset=None)
+    config = build_configuration([TYPE], [row, nulls], [meterrow(1)])
+    assert config.problems == ()
+    assert config.device_types["m"].registers == (
+        Register(1, "m", 4, "v", "kWh", DataType.UINT32, FunctionCode.READ_HOLDING_REGISTERS, ByteOrder.BADC, -0.5,
+                 7.5, None, 4294967295),
+        Register(2, "m", 65535, "w", None, DataType.UINT16, FunctionCode.READ_INPUT_REGISTERS, ByteOrder.ABCD, 1.0,
+                 0.0, None, None))  # the last address holds a 16-bit value
+
+
+def test_registers_a_type_cannot_use_are_skipped_one_by_one_each_with_its_reason():
+    """A duplicate name, a value wider than max_block, a missing or unusable scale_factor register:
+    each costs that register only, and the registers after it still load."""
+    rows = [regrow(1, 0, "a", data_type=1, scale_factor="nope"),
+            regrow(2, 1, "sf", data_type=1), regrow(3, 2, "f"),
+            regrow(4, 4, "b", data_type=1, scale_factor="f"),  # a float32 scale factor
+            regrow(5, 5, "c", data_type=1, scale_factor="b"),  # a scale factor with its own
+            regrow(6, 6, "d", data_type=1, scale_factor="sf"),
+            regrow(7, 7, "sf", data_type=1), regrow(8, 8, "e", data_type=1)]
+    config = build_configuration([TYPE], rows, [meterrow(1)])
+    assert config.problems == (
+        "registers.id 7 (m.sf): measurement_name already used by registers.id 2 of this type; skipped",
+        "registers.id 1 (m.a): scale_factor 'nope' is not a register of this type; skipped",
+        "registers.id 4 (m.b): scale_factor register 'f' must be an integer without its own scale factor; skipped",
+        "registers.id 5 (m.c): scale_factor register 'b' must be an integer without its own scale factor; skipped")
+    kept = config.device_types["m"].registers
+    assert [(r.measurement, r.scale_factor) for r in kept] == [("sf", None), ("f", None), ("d", "sf"), ("e", None)]
+    narrow = build_configuration([{**TYPE, "max_block": 1}], [regrow(1, 0, "v"), regrow(2, 2, "w", data_type=1)],
+                                 [meterrow(1)])
+    assert narrow.problems == ("registers.id 1 (m.v): needs 2 registers, more than the type's max_block 1; skipped",)
+    assert [r.measurement for r in narrow.device_types["m"].registers] == ["w"]
+
+
+def test_a_meter_whose_type_has_no_usable_register_says_there_is_nothing_to_read():
+    config = build_configuration([TYPE], [regrow(1, 0, "v", fc=6)], [meterrow(1)])
+    assert config.problems[1:] == ("energy_meters.id 1 (10.0.0.1:502 unit 1): type 'm' has no usable registers; "
+                                   "nothing to read",)
+    assert config.meters == ()
+
+
+def test_registers_of_a_type_that_is_not_text_are_reported_by_its_repr():
+    config = build_configuration([TYPE], [*REG, regrow(2, 0, "v", type=["x"])], [meterrow(1)])
+    assert config.problems == ("registers of type \"['x']\" (1 rows): no such device_types row; skipped",)
+    (problem,) = store.build_device_type("m", TYPE, [regrow(2, 0, "v", type=5)])[1]
+    assert problem == "registers.id 2 (5.v): type 5 is not text"
+
+
+def test_the_meter_values_at_the_edges_load():
+    cron = "*/5 * * * *"
+    row = {k: v for k, v in meterrow(1, port=65535, slave_address=255, poll_cron=cron).items() if k != "enabled"}
+    (m,) = meters_of(row).meters  # a row without an enabled column: polled
+    assert (m.port, m.slave_address, m.poll_cron, m.enabled) == (65535, 255, cron, True)
+    (problem,) = meters_of(meterrow(2, port=65536)).problems
+    assert problem == "energy_meters.id 2 (10.0.0.1:65536 unit 1): port 65536 outside 1..65535; skipped"
+    with pytest.raises(ValueError, match=r"^energy_meters.id 1 \(10.0.0.1:502 unit 1\): type 'm' has no "
+                                         "device_types row; skipped$"):
+        store.meter_from_row(meterrow(1), None)  # not told the type has a row: it has none
+
+
+LONG_CRON = ",".join(str(m) for m in range(1, 60)) + " 0 30 2 *"
+
+
+@pytest.mark.parametrize(("row", "problem"), [
+    # a value's repr up to 80 characters is shown whole, a longer one cut there
+    (meterrow(2, port="5" * 78),
+     "energy_meters.id 2 (10.0.0.1:" + "5" * 78 + " unit 1): port '" + "5" * 78 + "' is not a whole number; skipped"),
+    (meterrow(2, port="5" * 79),
+     "energy_meters.id 2 (10.0.0.1:" + "5" * 79 + " unit 1): port '" + "5" * 79 + "... is not a whole number; skipped"),
+    # the host in the row's name: 60 characters
+    (meterrow(2, host="h" * 61, port=0), "energy_meters.id 2 (" + "h" * 60 + "...:0 unit 1): port 0 outside 1..65535; "
+     "skipped"),
+    (meterrow(2, transport="serial", host="/dev/" + "x" * 56, baudrate=49), "energy_meters.id 2 (serial /dev/"
+     + "x" * 55 + "... unit 1): baudrate 49 outside 50..4000000; skipped"),
+    # a poll_cron's reason: 300 characters
+    (meterrow(2, poll_cron=LONG_CRON), "energy_meters.id 2 (10.0.0.1:502 unit 1): " + (
+        f"poll_cron '{LONG_CRON}' never fires: no date matches it (such as 30 February or 31 April); choose a day "
+        "that exists in the month(s) given")[:300] + "...; skipped"),
+])
+def test_long_values_are_cut_in_a_problem_line_at_a_fixed_length(row, problem):
+    assert meters_of(meterrow(1), row).problems == (problem,)
+
+
+def test_long_names_in_a_register_problem_are_cut_type_at_40_measurement_at_60():
+    name = "t" * 41
+    config = build_configuration([{**TYPE, "name": name}], [regrow(1, 0, "v", type=name),
+                                                            regrow(2, 2, "w" * 61, type=name, fc=6)], [])
+    assert config.problems == ("registers.id 2 (" + "t" * 40 + "...." + "w" * 60 + "...): function_code 6 is not a "
+                               "read (3 read holding registers, 4 read input registers)",)
+
+
+UNFORESEEN = "an error nobody foresaw: " + "x" * 176  # 201 characters: shown as its first 200
+
+
+def test_an_error_nobody_foresaw_costs_its_row_or_type_only_and_is_named(monkeypatch):
+    """Containment: whatever a parse raises, that row (or type, with its meters) is skipped with
+    its id, the exception's class and its text (cut at 200 characters); the others load."""
+    parse_register, parse_meter, parse_type = store.register_from_row, store.meter_from_row, store._device_type
+
+    def fails_for(parse, bad):
+        def parse_or_fail(*args):
+            if bad(*args):
+                raise RuntimeError(UNFORESEEN)
+            return parse(*args)
+        return parse_or_fail
+
+    monkeypatch.setattr(store, "register_from_row", fails_for(parse_register, lambda row: row["id"] == 2))
+    monkeypatch.setattr(store, "meter_from_row", fails_for(parse_meter, lambda row, *_: row["id"] == 2))
+    monkeypatch.setattr(store, "_device_type", fails_for(parse_type, lambda name, *_: name == "n"))
+    shown = f"(RuntimeError: {UNFORESEEN[:200]}...)"
+    config = build_configuration([TYPE, {**TYPE, "name": "n"}],
+                                 [regrow(1, 0, "v"), regrow(2, 2, "w"), regrow(3, 0, "v", type="n", data_type=9)],
+                                 [meterrow(1), meterrow(2), meterrow(3, type_="n")])
+    assert config.problems == (
+        f"registers.id 2: cannot be read {shown}; skipped",
+        "registers.id 3 (n.v): data_type 9 is unknown (known: 1 int16, 2 int32, 3 float32, 4 uint16, 5 uint32, "
+        "6 int64, 7 uint64, 8 float64)",
+        f"device_types n: cannot be read {shown}; skipped with its meters",
+        f"energy_meters.id 2: cannot be read {shown}; skipped",
+        "energy_meters.id 3 (10.0.0.1:502 unit 1): type 'n' could not be loaded (see its device_types problem); "
+        "skipped")
+    assert [m.id for m in config.meters] == [1] and list(config.device_types) == ["m"]
+    tables = Tables([TYPE, {**TYPE, "name": "n"}], [regrow(1, 0, "v"), regrow(3, 0, "v", type="n")],
+                    [meterrow(1), meterrow(3, type_="n")])
+    assert tables.load(Loader()).problems == (
+        f"device_types n: cannot be read {shown}; skipped with its meters",
+        "energy_meters.id 3 (10.0.0.1:502 unit 1): type 'n' could not be loaded (see its device_types problem); "
+        "skipped")
+
+
+def test_a_row_that_is_not_even_a_mapping_is_reported_without_an_id():
+    config = build_configuration([TYPE], REG, [meterrow(1), ["not", "a", "row"]])
+    assert config.problems == ("energy_meters.id ?: cannot be read (AttributeError: 'list' object has no attribute "
+                               "'get'); skipped",)
+    assert store.build_device_type("m", TYPE, [*REG, ("a", "tuple")])[1] == (
+        "registers.id ?: cannot be read (TypeError: tuple indices must be integers or slices, not str); skipped",)
 
 
 # --- hosts: what the socket module can connect to ---------------------------------------------
 
 @pytest.mark.parametrize("host", ["10.0.0.1", "::1", "fe80::1%eth0", "2001:db8::5", "virtual_modbustcp_server",
-                                  "meter-1.example.com", "meter-1.example.com.", "zähler.local", "a" * 63,
+                                  "meter-1.example.com", "meter-1.example.com.", "meter.", "zähler.local", "a" * 63,
                                   ".".join(["a" * 63] * 3 + ["b" * 61])])
 def test_hosts_that_can_be_connected_to_are_accepted(host):
     assert host_problem(host) is None
@@ -297,6 +464,18 @@ def test_hosts_that_can_be_connected_to_are_accepted(host):
 def test_hosts_that_cannot_be_connected_to_are_refused(host, reason):
     problem = host_problem(host)
     assert problem is not None and reason in problem, problem
+
+
+@pytest.mark.parametrize(("host", "problem"), [
+    ("a" * 1012, "has a label of 1012 characters (at most 63): '" + "a" * 70 + "...'"),  # 4 x 253: not yet too long
+    ("a" * 1013, "is 1013 characters long (a host name has at most 253)"),
+    (".".join(["a" * 63] * 3 + ["b" * 62]), "is longer than 253 characters once encoded"),
+    ("m." + "a" * 71, "has a label of 71 characters (at most 63): '" + "a" * 70 + "...'"),
+    ("m." + "\u00e4" * 71, "has a label longer than 63 characters once encoded (IDNA): '" + "\u00e4" * 70 + "...'"),
+    ("m.\u2ff0" + "a" * 70, "has a label that cannot be encoded as a host name (IDNA): '\u2ff0" + "a" * 69 + "...'"),
+])
+def test_a_refused_host_says_why_and_shows_at_most_70_characters_of_the_label(host, problem):
+    assert host_problem(host) == problem
 
 
 @settings(max_examples=500, deadline=None)
@@ -463,6 +642,7 @@ class Tables:
         return sorted(names, key=lambda n: (n is None, n))  # ORDER BY 1: NULL last
 
     def query(self, sql: str, params) -> list[tuple]:
+        assert isinstance(params, tuple), params  # Query's contract: a sequence, () when there are none
         if sql == store.COLUMNS_SQL:  # today's schema: every column there (not counted in `asked`)
             return [("device_types", c) for c in store.TYPE_COLUMNS] + [("energy_meters", c)
                                                                        for c in store.METER_COLUMNS]
@@ -555,6 +735,35 @@ def test_a_reload_where_most_types_changed_reads_the_tables_plainly_and_keeps_wh
     assert second.device_types["b"] is not first.device_types["b"]
     assert second.meters[0] is first.meters[0] and second.meters[2] is first.meters[2]
     assert second.meters[1] is not first.meters[1] and second.meters[1].device_type is second.device_types["b"]
+
+
+def test_a_reload_where_exactly_half_of_the_types_changed_reads_them_by_name():
+    tables = three_types()
+    tables.types.append({**TYPE, "name": "d", "description": ""})
+    loader = Loader()
+    tables.load(loader)
+    tables.types[0] = {**tables.types[0], "description": "moved"}
+    tables.types[1] = {**tables.types[1], "description": "moved"}
+    tables.load(loader)
+    assert tables.asked[1:3] == [store.DEVICE_TYPES_OF_SQL, store.REGISTERS_OF_SQL] and tables.register_rows == 3
+
+
+def test_an_unchanged_meter_row_of_an_unchanged_type_is_not_parsed_again(monkeypatch):
+    parsed = []
+
+    def meter_from_row(row, *args):
+        parsed.append(row["id"])
+        return parse(row, *args)
+
+    parse = store.meter_from_row
+    monkeypatch.setattr(store, "meter_from_row", meter_from_row)
+    tables, loader = three_types(), Loader()
+    tables.meters.append(meterrow(5, type_="c", port=0))
+    first = tables.load(loader)
+    assert parsed == [1, 2, 3, 4, 5]
+    tables.meters[1] = meterrow(2, type_="b", description="east wing")
+    assert tables.load(loader).problems == first.problems
+    assert parsed == [1, 2, 3, 4, 5, 2]  # the changed row only; the bad one is not parsed again either
 
 
 def test_meters_whose_row_changed_are_parsed_again_and_the_others_kept():
@@ -1062,3 +1271,97 @@ def test_every_kept_meter_agrees_with_every_other_on_its_wire(data):
     said = [int(re.match(r"energy_meters\.id (\d+)[ :]", p).group(1)) for p in config.problems]
     assert sorted(said) == sorted(r["id"] for r in rows if r["id"] not in {m.id for m in config.meters})
     same_as_a_fresh_build(Tables([TYPE], REG, rows).load(Loader()), Tables([TYPE], REG, rows))
+
+
+# --- a plain psycopg2 connection (server-free: a fake answering as psycopg2 does) -------------
+
+class Connection:
+    """A psycopg2 connection as the store uses it: cursors whose `execute` runs one statement
+    through `answer(sql, params)` (rows for a SELECT, None for a statement without result, or an
+    exception to raise) and `rollback`. `executed` keeps each statement, `rollbacks` counts."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.executed: list[tuple] = []
+        self.rollbacks = 0
+
+    def cursor(self) -> Connection.Cursor:
+        return Connection.Cursor(self)
+
+    def rollback(self) -> None:
+        self.rollbacks += 1
+
+    class Cursor:
+        def __init__(self, connection) -> None:
+            self.connection, self.rows, self.description = connection, None, None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def execute(self, sql, params=None) -> None:
+            self.connection.executed.append((sql, params))
+            self.rows = self.connection.answer(sql, params)
+            self.description = None if self.rows is None else ("a column",)
+
+        def fetchall(self) -> list:
+            if self.rows is None:
+                raise RuntimeError("no results to fetch")  # psycopg2's ProgrammingError
+            return list(self.rows)
+
+        def fetchone(self):
+            return self.fetchall()[0] if self.rows else None
+
+
+SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
+def over(tables: Tables):
+    return lambda sql, params: None if sql == SNAPSHOT else tables.query(sql, params)
+
+
+def test_load_configuration_reads_one_read_only_snapshot_and_always_ends_it():
+    tables, loader = three_types(), Loader()
+    connection = Connection(over(tables))
+    first = load_configuration(connection, loader)
+    same_as_a_fresh_build(first, tables)
+    assert connection.executed[0][0] == SNAPSHOT and connection.rollbacks == 1
+    tables.registers[2] = regrow(3, 0, "v", type="b", scale=2.0)
+    second = load_configuration(connection, loader)  # the same Loader: only b is read again
+    assert second.meters[0] is first.meters[0] and connection.rollbacks == 2
+    assert (store.REGISTERS_OF_SQL, (["b"],)) in connection.executed
+    assert load_configuration(Connection(over(tables))).meters == second.meters  # a Loader of its own
+
+    def broken(sql, params):
+        if sql == store.TYPE_FINGERPRINTS_SQL:
+            raise RuntimeError("server closed the connection unexpectedly")
+        return over(tables)(sql, params)
+
+    connection = Connection(broken)
+    with pytest.raises(RuntimeError, match="server closed"):
+        load_configuration(connection)
+    assert connection.rollbacks == 1
+
+
+def test_config_version_reads_the_counter_and_is_none_without_one():
+    import psycopg2.errors
+
+    def version(rows):
+        def answer(sql, params):
+            assert sql == store.VERSION_SQL
+            if isinstance(rows, Exception):
+                raise rows
+            return rows
+        return Connection(answer)
+
+    connection = version([(Decimal(42),)])
+    assert store.config_version(connection) == 42 and connection.rollbacks == 1  # no transaction left open
+    assert store.config_version(version([])) is None
+    for error in (psycopg2.errors.UndefinedTable("relation \"config_version\" does not exist"),
+                  psycopg2.errors.InsufficientPrivilege("permission denied for table config_version")):
+        connection = version(error)
+        assert store.config_version(connection) is None and connection.rollbacks == 1
+    with pytest.raises(RuntimeError):
+        store.config_version(version(RuntimeError("server closed the connection unexpectedly")))

@@ -1068,7 +1068,7 @@ async def script_beside_neighbour(bus, script, unit, neighbour):
     return await asyncio.gather(adversary_side(), poll_neighbour(neighbour, done))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(script=st.lists(rtu_scripts(RTU_MODES), min_size=1, max_size=8), seed=st.integers(0, 2**32 - 1),
        unit=st.integers(1, 247))
