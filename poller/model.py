@@ -209,7 +209,8 @@ class Meter:
     def bus(self) -> BusAddress:
         if self.transport is Transport.SERIAL:
             return BusAddress(self.transport, self.host, 0, self.line or SerialLine())
-        return BusAddress(self.transport, self.host, self.port)
+        # host names are case-insensitive: `Gateway.local` and `gateway.local` are one bus
+        return BusAddress(self.transport, self.host.lower(), self.port)
 
     def __str__(self) -> str:
         return f"meter {self.id} ({self.bus} unit {self.slave_address}, {self.device_type.name})"

@@ -1075,6 +1075,19 @@ def test_two_framings_on_one_tcp_host_port_are_a_conflict(first, second, torn):
         assert (config.meters[0].bus == config.meters[1].bus) is (first == second)
 
 
+def test_one_gateway_spelled_in_two_cases_is_one_bus():
+    """Host names are case-insensitive: rows that differ only in the case of the gateway's name
+    share its one connection (and one request at a time), and a second framing there is a
+    conflict; each meter keeps its row's spelling for its tags."""
+    config = meters_of(meterrow(1, host="Gateway.Example"), meterrow(2, host="gateway.example", slave_address=2))
+    assert config.problems == ()
+    one, two = config.meters
+    assert one.bus == two.bus == BusAddress(Transport.TCP, "gateway.example", 502)
+    assert (one.host, two.host) == ("Gateway.Example", "gateway.example")
+    torn = meters_of(meterrow(1, host="GATEWAY.example"), meterrow(2, host="gateway.example", transport="rtuovertcp"))
+    assert torn.meters == () and len(torn.problems) == 2
+
+
 def test_a_disabled_meter_never_conflicts():
     """one_bus_per_wire weighs enabled meters only: a disabled row describing the wire otherwise
     costs nobody anything (and is itself kept, disabled); enabled, it tears the wire."""
