@@ -41,7 +41,7 @@ class Lines:
 
 
 class FakeBus:
-    """An Endpoint stand-in: answers `block.address + i` for each word, or what `script` says."""
+    """A bus stand-in: answers `block.address + i` for each word, or what `script` says."""
 
     def __init__(self, script=None) -> None:
         self.script = script or (lambda n, block, unit: None)
@@ -196,7 +196,7 @@ def test_a_host_port_busy_with_an_earlier_cycle_sits_the_tick_out():
         return await first, second
 
     first, second = asyncio.run(run())
-    assert second.endpoints_busy == 1 and second.meters_ok == 1  # the other host:port was read
+    assert second.buses_busy == 1 and second.meters_ok == 1  # the other bus was read
     assert first.meters_ok == 1
     assert bus.requests.count((1, 0)) == 1  # never asked twice at once
 

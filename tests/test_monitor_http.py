@@ -282,3 +282,14 @@ def test_healthz_goes_stale_when_cycles_stop_after_the_first_one() -> None:
         assert status(healthz(server.port)) == 200  # a cycle again: healthy again
     finally:
         server.close()
+
+
+def test_a_bus_still_busy_at_a_tick_is_counted_in_metrics() -> None:
+    """Regression: the counter README lists (emm_endpoint_ticks_skipped_total) stayed 0 after the
+    service was rewired: nothing handed it the buses a cycle left out."""
+    monitor = Monitor(stale_after_s=60)
+    monitor.cycle_done(CycleReport(buses_busy=2))
+    monitor.cycle_done(None)
+    monitor.cycle_done(CycleReport(results=[MeterResult(meter=meter())], buses_busy=1))
+    text = generate_latest(monitor.registry).decode()
+    assert re.search(r"^emm_endpoint_ticks_skipped_total 3\.0$", text, re.M), text

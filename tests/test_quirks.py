@@ -74,6 +74,29 @@ def test_connect_pause_for_a_device_deaf_right_after_connecting(quirk):
         assert [r.meters_ok for r in reports] == [0, 0, 0] and not lines
 
 
+def test_meters_sharing_a_bus_all_wait_the_longest_connect_pause_among_them():
+    """A plain meter polled first on a Huawei dongle's connection: the bus keeps the pause its
+    other meter needs, or the first requests after connecting go unanswered."""
+    server = SimulatedServer(units={1: lambda: BANK, 2: lambda: BANK}, deaf_after_connect_s=0.5)
+    thread = ModbusServerThread(server)
+    plain = Meter(1, "127.0.0.1", thread.port, 1, PLAIN)
+    dongle = Meter(2, "127.0.0.1", thread.port, 2, replace(PLAIN, name="dongle", connect_pause_s=0.6))
+    poller = Poller(Lines(), status_points=False)
+
+    async def go():
+        try:
+            return await poller.run_cycle([plain, dongle])
+        finally:
+            poller.close()
+
+    try:
+        report = asyncio.run(go())
+    finally:
+        thread.close()
+    assert (report.meters_ok, report.meters_failed) == (2, 0), report.summary()
+    assert server.stats.connections == 1
+
+
 @pytest.mark.parametrize("quirk", [False, True])
 def test_close_after_poll_lets_a_second_client_in_between_polls(quirk):
     server = SimulatedServer(units={1: lambda: BANK}, one_client=True)
