@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +22,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -503,6 +505,24 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         return list(result.get("series", []))
 
 
+class HttpThread:
+    """A ThreadingHTTPServer with `handler` on a free loopback port, serving from a daemon thread
+    (the scripted InfluxDB stand-ins of the tests); `poll_s`: how soon close() is noticed."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], poll_s: float = 0.5) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(poll_s,), daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(10)
+
+
 class InfluxV2Bridge:
     """The InfluxDB v2 write API in front of an InfluxDB1: `POST /api/v2/write?org=&bucket=&precision=`
     is forwarded to 1.x's `/write?db=<bucket>&precision=` and 1.x's status and body are returned,
@@ -511,8 +531,6 @@ class InfluxV2Bridge:
 
     def __init__(self, influx: InfluxDB1) -> None:
         import gzip
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.influx = influx
         self.requests = 0
@@ -556,15 +574,9 @@ class InfluxV2Bridge:
                 status, answer = bridge.influx.write(params["bucket"], body, params.get("precision", "ns"))
                 self._answer(status, answer.encode())
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self._http = HttpThread(Handler)
+        self.port = self._http.port
+        self.url = self._http.url
 
     def env(self, bucket: str) -> dict[str, str]:
         """The poller's INFLUXDB_* settings for writing into database `bucket` through the bridge."""
@@ -572,9 +584,7 @@ class InfluxV2Bridge:
                 "INFLUXDB_BUCKET": bucket}
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+        self._http.close()
 
     def __enter__(self) -> InfluxV2Bridge:
         return self

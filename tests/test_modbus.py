@@ -164,15 +164,20 @@ def test_any_change_to_a_reply_header_or_length_is_refused(read, data):
     value = data.draw(st.integers(0, 255).filter(lambda v: v != good[at]))
     with pytest.raises(FrameError):
         MBAP.decode(good[:at] + bytes([value]) + good[at + 1:], read)
+    only_the_whole_reply_decodes(MBAP, good, read, words, data)
+
+
+def only_the_whole_reply_decodes(framing, good: bytes, read: Request, words: list[int], data) -> None:
+    """`good` is the reply to `read`: cut short or with bytes after it, it is none; a reply arriving
+    in pieces: every prefix either needs more bytes or knows the full size."""
     cut = data.draw(st.integers(0, len(good) - 1))
     with pytest.raises(FrameError):
-        MBAP.decode(good[:cut], read)
+        framing.decode(good[:cut], read)
     with pytest.raises(FrameError):
-        MBAP.decode(good + data.draw(st.binary(min_size=1, max_size=300)), read)
-    # a reply arriving in pieces: every prefix either needs more bytes or knows the full size
+        framing.decode(good + data.draw(st.binary(min_size=1, max_size=300)), read)
     for n in range(len(good)):
-        assert MBAP.frame_size(good[:n], read) in (None, len(good))
-    assert MBAP.decode(good, read) == Reply(tuple(words))
+        assert framing.frame_size(good[:n], read) in (None, len(good))
+    assert framing.decode(good, read) == Reply(tuple(words))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,14 +299,7 @@ def test_any_change_to_an_rtu_reply_is_refused(read, data):
     burst = data.draw(st.binary(min_size=2, max_size=2).filter(lambda b: b != good[at:at + 2]))
     with pytest.raises(FrameError):
         RTU.decode(good[:at] + burst + good[at + 2:], read)
-    cut = data.draw(st.integers(0, len(good) - 1))
-    with pytest.raises(FrameError):
-        RTU.decode(good[:cut], read)
-    with pytest.raises(FrameError):
-        RTU.decode(good + data.draw(st.binary(min_size=1, max_size=300)), read)
-    for n in range(len(good)):
-        assert RTU.frame_size(good[:n], read) in (None, len(good))
-    assert RTU.decode(good, read) == Reply(tuple(words))
+    only_the_whole_reply_decodes(RTU, good, read, words, data)
 
 
 # ---------------------------------------------------------------------------------------------

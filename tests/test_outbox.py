@@ -22,7 +22,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from poller.outbox import Outbox
 from poller.sink import InfluxSink, WriteError
 from poller.spool import SEGMENT_PREFIX, Spool
-from tests.servers import ROOT
+from tests.servers import ROOT, HttpThread
 from tests.test_spool import DiskFaults, drain, under
 
 Answer = tuple[int, dict[str, str], float]  # status, headers, seconds before answering
@@ -97,11 +97,8 @@ class Influx:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = HttpThread(Handler)
+        self.url = self.http.url
 
     def sink(self, timeout_s: float = 10.0) -> InfluxSink:
         return InfluxSink(self.url, "token", "org", "bucket", timeout_s=timeout_s)
@@ -114,9 +111,7 @@ class Influx:
         wait_for(lambda: self.busy == 0, timeout)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+        self.http.close()
 
 
 @pytest.fixture

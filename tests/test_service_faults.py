@@ -14,7 +14,7 @@ import re
 import shutil
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poller.spool import Spool
-from tests.servers import InfluxDB1, InfluxV2Bridge, ModbusServerThread, start_module, stop_process
+from tests.servers import HttpThread, InfluxDB1, InfluxV2Bridge, ModbusServerThread, start_module, stop_process
 from tests.test_config import DEVICE_TYPES, METERS, REGISTERS, TYPE_NAMES, insert
 from tests.test_faults import seed_registers
 from virtual_server.device import make_device
@@ -67,19 +67,15 @@ class SlowInflux:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = HttpThread(Handler)
+        self.url = self.http.url
 
     def env(self) -> dict[str, str]:
         return {"INFLUXDB_URL": self.url, "INFLUXDB_TOKEN": "t", "INFLUXDB_ORG": "o", "INFLUXDB_BUCKET": "b"}
 
     def close(self) -> None:
         self._release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 def spooled_lines(spool_dir: Path, scratch: Path) -> list[str]:

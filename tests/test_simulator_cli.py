@@ -53,6 +53,16 @@ def run_simulator(args: list[str], env: dict[str, str] | None = None) -> subproc
                           env=project_env(env or {}), capture_output=True, text=True, timeout=60)
 
 
+def the_one_error_line(run: subprocess.CompletedProcess[str]) -> str:
+    """A start that cannot serve: exit 2, one ERROR line (returned), every line the simulator's, no traceback."""
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.splitlines()
+    errors = [line for line in lines if " ERROR " in line]
+    assert len(errors) == 1, run.stderr
+    assert "Traceback" not in run.stderr and all(" virtual_server: " in line for line in lines), run.stderr
+    return errors[0]
+
+
 @pytest.mark.parametrize("port", ["abc", "70000", "-1", "65536", "", "5e2", "0x1f6"])
 def test_a_bad_port_is_a_usage_error(port: str) -> None:
     run = run_simulator(["--port", port])
@@ -89,12 +99,9 @@ def test_a_busy_port_is_one_error_line(pg_env: dict[str, str]) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         run = run_simulator(["--port", str(port)], pg_env)
-    assert run.returncode == 2, run.stderr
-    lines = run.stderr.splitlines()
-    errors = [line for line in lines if " ERROR " in line]
-    assert len(errors) == 1 and f"cannot listen on 127.0.0.1:{port}" in errors[0], run.stderr
-    assert "choose another --port" in errors[0]
-    assert "Traceback" not in run.stderr and all(" virtual_server: " in line for line in lines), run.stderr
+    error = the_one_error_line(run)
+    assert f"cannot listen on 127.0.0.1:{port}" in error, error
+    assert "choose another --port" in error
 
 
 def test_compose_listens_on_every_address() -> None:
@@ -180,24 +187,18 @@ def test_every_wire_serves_the_seeded_meter(pg: Postgres, pg_env: dict[str, str]
 
 def test_a_missing_serial_device_is_one_error_line(pg_env: dict[str, str], tmp_path: Path) -> None:
     run = run_simulator(["--serial", str(tmp_path / "ttyUSB9")], pg_env)
-    assert run.returncode == 2, run.stderr
-    lines = run.stderr.splitlines()
-    errors = [line for line in lines if " ERROR " in line]
-    assert len(errors) == 1 and f"cannot open serial device {tmp_path / 'ttyUSB9'}" in errors[0], run.stderr
-    assert "No such file or directory" in errors[0]
-    assert "Traceback" not in run.stderr and all(" virtual_server: " in line for line in lines), run.stderr
+    error = the_one_error_line(run)
+    assert f"cannot open serial device {tmp_path / 'ttyUSB9'}" in error, error
+    assert "No such file or directory" in error
 
 
 def test_line_settings_the_device_refuses_are_one_error_line(pg_env: dict[str, str], tmp_path: Path) -> None:
     """A pty takes no parity: as a USB adapter refusing a setting, one ERROR line naming the settings."""
     with pty_pair(tmp_path) as (server_end, _):
         run = run_simulator(["--serial", server_end, "--parity", "even"], pg_env)
-    assert run.returncode == 2, run.stderr
-    lines = run.stderr.splitlines()
-    errors = [line for line in lines if " ERROR " in line]
-    assert len(errors) == 1 and f"cannot open serial device {server_end}" in errors[0], run.stderr
-    assert "refuses 9600 8E1" in errors[0], run.stderr
-    assert "Traceback" not in run.stderr and all(" virtual_server: " in line for line in lines), run.stderr
+    error = the_one_error_line(run)
+    assert f"cannot open serial device {server_end}" in error, error
+    assert "refuses 9600 8E1" in error, error
 
 
 def test_a_busy_udp_port_is_one_error_line(pg_env: dict[str, str]) -> None:
@@ -205,9 +206,6 @@ def test_a_busy_udp_port_is_one_error_line(pg_env: dict[str, str]) -> None:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
         run = run_simulator(["--udp", "--port", str(port)], pg_env)
-    assert run.returncode == 2, run.stderr
-    lines = run.stderr.splitlines()
-    errors = [line for line in lines if " ERROR " in line]
-    assert len(errors) == 1 and f"cannot listen on 127.0.0.1:{port} (udp)" in errors[0], run.stderr
-    assert "choose another --port" in errors[0]
-    assert "Traceback" not in run.stderr and all(" virtual_server: " in line for line in lines), run.stderr
+    error = the_one_error_line(run)
+    assert f"cannot listen on 127.0.0.1:{port} (udp)" in error, error
+    assert "choose another --port" in error

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import itertools
 import socket
-import threading
 import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -31,7 +30,7 @@ from poller.sink import (
     series_key,
     status_key,
 )
-from tests.servers import InfluxDB1, InfluxV2Bridge
+from tests.servers import HttpThread, InfluxDB1, InfluxV2Bridge
 
 REG = Register(7, "sdm", 0, "voltage_l1", "V", DataType.FLOAT32, FunctionCode.READ_INPUT_REGISTERS)
 DTYPE = DeviceType("sdm 630", (REG,))
@@ -312,18 +311,14 @@ class Answering:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
+        self.http = HttpThread(Handler, poll_s=0.02)
+        self.url = self.http.url
 
     def answer(self, status: int, body: str = "", **headers: str) -> None:
         self.reply = (status, {k.replace("_", "-"): v for k, v in headers.items()}, body.encode())
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.http.close()
 
 
 @pytest.fixture
