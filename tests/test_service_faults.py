@@ -270,6 +270,33 @@ def healthy_gateway():
 
 
 _examples = itertools.count()
+RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>[\w.]+): (?P<message>.*)")
+
+
+def problems_beyond_bad_rows(text: str) -> list[str]:
+    """Log lines that mean a reading was lost or the poller broke, as opposed to bad rows reported.
+
+    Read by structure (level, logger, where the error message starts), never by searching the whole
+    text for a word: generated rows may hold any word (hypothesis once named a host "rejected"), and
+    the formatter keeps a row's text on its record's one line.
+    """
+    problems = []
+    for line in text.splitlines():
+        record = RECORD.fullmatch(line)
+        if record is None:  # a traceback's frames: the only lines without the record prefix
+            problems.append(line)
+            continue
+        level, logger, message = record["level"], record["logger"], record["message"]
+        if logger == "poller" and message.startswith("cycle: ") and " NOT WRITTEN=" in message:
+            problems.append(line)
+        elif level not in ("ERROR", "CRITICAL"):
+            continue
+        elif logger == "poller.cycle" and " failed: " in message:  # a meter that cannot be read: its own error
+            if message.split(" failed: ", 1)[1].startswith("internal error"):
+                problems.append(line)
+        elif logger != "poller.schedule":  # "schedule ... has no next fire time" is a bad row's report
+            problems.append(line)
+    return problems
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
@@ -318,8 +345,7 @@ def test_generated_rows_never_stop_the_service_nor_its_healthy_meter(postgres, s
         ended = time.time()
         text = log.read_text()
         assert rc == 0, text
-        for bad in ("Traceback", "dead-letter file", "rejected", "NOT WRITTEN", "internal error", "dropped the"):
-            assert bad not in text, text
+        assert not problems_beyond_bad_rows(text), text
         assert not (spool_dir / "dead-letter.jsonl").exists()
         series = influx.query(bucket, f"SELECT value FROM v WHERE meter = '{healthy}'")
         stamps = [row[0] for s in series for row in s["values"]]
