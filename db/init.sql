@@ -186,7 +186,29 @@ CREATE TRIGGER energy_meters_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCAT
     FOR EACH STATEMENT EXECUTE FUNCTION bump_config_version();
 
 -- ---------------------------------------------------------------------------
--- Least privilege: the poller only reads the configuration. A login role is
+-- Coordination (POLL_COORDINATION=postgres; poller/lease.py, README "Several
+-- pollers"): which instance polls which bus. Written by the pollers, so the
+-- poller login may change these two tables and nothing else.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE poller_instances (
+    instance   text        PRIMARY KEY,  -- host:pid:random
+    started_at timestamptz NOT NULL DEFAULT now(),
+    seen_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL       -- live while in the future
+);
+COMMENT ON TABLE poller_instances IS 'pollers sharing the fleet (POLL_COORDINATION=postgres): one row per instance, renewed at each heartbeat';
+
+CREATE TABLE bus_leases (
+    bus        text        PRIMARY KEY,  -- ''tcp host:502'', ''udp host:502'', ''serial /dev/ttyUSB0''
+    owner      text,                     -- poller_instances.instance; NULL: given back
+    epoch      bigint      NOT NULL DEFAULT 1,  -- grows with every change of owner
+    expires_at timestamptz NOT NULL       -- nobody else may poll the bus before this
+);
+COMMENT ON TABLE bus_leases IS 'which poller instance polls which bus, until when (poller/lease.py)';
+
+-- ---------------------------------------------------------------------------
+-- Least privilege: the poller only reads the configuration (and writes its coordination tables). A login role is
 -- made a member of this group at deployment (see docker-compose / README).
 -- ---------------------------------------------------------------------------
 
@@ -199,6 +221,8 @@ END
 $$;
 GRANT SELECT ON data_types, function_codes, byte_orders, transports, device_types,
                 energy_meters, registers, config_version TO emm_reader;
+-- the only tables the poller writes: its own coordination (POLL_COORDINATION=postgres)
+GRANT SELECT, INSERT, UPDATE, DELETE ON poller_instances, bus_leases TO emm_reader;
 
 -- ---------------------------------------------------------------------------
 -- Seed: the virtual meter served by `python -m virtual_server`

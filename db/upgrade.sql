@@ -75,6 +75,23 @@ COMMENT ON COLUMN energy_meters.host IS 'host name or address; for transport ser
 
 GRANT SELECT ON transports TO emm_reader;
 
+-- 2026-11: coordination of several pollers (README, "Several pollers")
+CREATE TABLE IF NOT EXISTS poller_instances (
+    instance   text        PRIMARY KEY,  -- host:pid:random
+    started_at timestamptz NOT NULL DEFAULT now(),
+    seen_at    timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL       -- live while in the future
+);
+COMMENT ON TABLE poller_instances IS 'pollers sharing the fleet (POLL_COORDINATION=postgres): one row per instance, renewed at each heartbeat';
+CREATE TABLE IF NOT EXISTS bus_leases (
+    bus        text        PRIMARY KEY,  -- ''tcp host:502'', ''udp host:502'', ''serial /dev/ttyUSB0''
+    owner      text,                     -- poller_instances.instance; NULL: given back
+    epoch      bigint      NOT NULL DEFAULT 1,  -- grows with every change of owner
+    expires_at timestamptz NOT NULL       -- nobody else may poll the bus before this
+);
+COMMENT ON TABLE bus_leases IS 'which poller instance polls which bus, until when (poller/lease.py)';
+GRANT SELECT, INSERT, UPDATE, DELETE ON poller_instances, bus_leases TO emm_reader;
+
 -- ALTER TABLE fires no trigger: tell running pollers to read the configuration again.
 UPDATE config_version SET version = version + 1, changed_at = now();
 

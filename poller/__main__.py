@@ -8,9 +8,11 @@ import logging
 import signal
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from .config import ConfigError, ConfigSource, ConfigWatcher
 from .cycle import Poller
+from .lease import Leases, heartbeat_s, wanted_buses
 from .logsafe import setup_logging
 from .model import DeviceType, Meter
 from .monitor import Monitor
@@ -19,8 +21,9 @@ from .plan import plan_device
 from .schedule import Schedule, cron_interval_s
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
-from .spool import MIB, Spool, SpoolError
+from .spool import MIB, Spool, SpoolError, SpoolInUse
 from .store import Configuration
+from .workers import WorkerPool, close_poller, make_poller
 
 log = logging.getLogger("poller")
 
@@ -64,12 +67,32 @@ def make_outbox(settings: Settings, dry_run: bool, spool: bool) -> Outbox:
     if not spool:  # --once: no spool, its exit code tells the caller (README, "When InfluxDB is away")
         return Outbox(sink, None)
     try:
-        disk = Spool(settings.spool_dir, settings.spool_max_mb * MIB)
+        disk = open_spool(settings)
     except SpoolError:
         sink.close()
         raise
     return Outbox(sink, disk, memory_points=settings.write_buffer_points,
                   retry_max_s=settings.spool_retry_max_s)
+
+
+SPOOL_SLOTS = 64  # POLL_COORDINATION=postgres: instances sharing one POLL_SPOOL_DIR
+
+
+def open_spool(settings: Settings) -> Spool:
+    """The spool; with POLL_COORDINATION=postgres, the first free slot `instance-N` under
+    POLL_SPOOL_DIR, so replicas sharing one volume (`docker compose up --scale poller=3`) each
+    get their own, and a slot a stopped replica left with readings in it is replayed by the
+    next instance that starts."""
+    if settings.coordination != "postgres":
+        return Spool(settings.spool_dir, settings.spool_max_mb * MIB)
+    for n in range(SPOOL_SLOTS):
+        try:
+            spool = Spool(Path(settings.spool_dir) / f"instance-{n}", settings.spool_max_mb * MIB)
+        except SpoolInUse:
+            continue
+        log.info("spool: %s (slot %d of POLL_SPOOL_DIR)", spool.dir, n)
+        return spool
+    raise SpoolError(f"POLL_SPOOL_DIR={settings.spool_dir}: all {SPOOL_SLOTS} instance slots are in use")
 
 
 def device_quirks(dtype: DeviceType) -> list[str]:
@@ -153,7 +176,12 @@ class Service:
         self.stop = asyncio.Event()
         self.running: set[asyncio.Task[None]] = set()
         self.outbox: Outbox | None = None
-        self.poller: Poller | None = None
+        self.poller: Poller | WorkerPool | None = None  # WorkerPool: POLL_WORKERS > 0
+        # several pollers (POLL_COORDINATION=postgres): the buses this instance holds the lease of
+        self.leases: Leases | None = None
+        if settings.coordination == "postgres":
+            heartbeat = heartbeat_s(settings.lease_s, cron_interval_s(settings.poll_cron))
+            self.leases = Leases(settings, settings.lease_s, heartbeat)
 
     async def run(self) -> int:
         if not await self._start_monitor():
@@ -165,11 +193,16 @@ class Service:
             await self.monitor.stop()
             return 2
         self.monitor.watch_outbox(self.outbox.stats)
-        self.poller = Poller(self.outbox, self.settings.max_parallel_endpoints, status_points=not self.dry_run)
+        self.poller = make_poller(self.outbox, self.settings, status_points=not self.dry_run, leases=self.leases)
+        if isinstance(self.poller, WorkerPool):
+            self.monitor.watch_workers(self.poller)
+        if self.leases is not None:
+            self.monitor.watch_leases(self.leases)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         watching: asyncio.Task[None] | None = None
+        leasing: asyncio.Task[None] | None = None
         try:
             config = await self.watcher.first(self.stop)
             if config is not None:
@@ -177,10 +210,27 @@ class Service:
                 log.info("polling %d meters, schedule %r (POLL_CRON), writing to %s",
                          len(config.meters), self.settings.poll_cron, self.outbox.url)
                 watching = asyncio.create_task(self.watcher.run(self.stop))
+                if self.leases is not None:
+                    leases = self.leases
+                    log.info("sharing the fleet through PostgreSQL as instance %s: lease %g s, heartbeat %g s",
+                             leases.instance, leases.lease_s, leases.heartbeat_s)
+                    leases.on_change = self._leases_changed
+                    leasing = asyncio.create_task(leases.run(self.stop, self._wanted_buses))
                 await self._tick_loop()
         finally:
-            await self._shut_down(watching)
+            await self._shut_down(watching, leasing)
         return 0
+
+    def _wanted_buses(self) -> dict[str, float]:
+        config = self.watcher.current
+        return {} if config is None else wanted_buses(config.meters)
+
+    def _leases_changed(self) -> None:
+        """Buses came or went: connections and per-meter state of buses no longer held go."""
+        assert self.poller is not None and self.leases is not None and self.watcher.current is not None
+        mine = [m for m in self.watcher.current.meters if self.leases.owns(m.bus)]
+        self.poller.forget_except(mine)
+        self.monitor.forget_meters_except(mine)
 
     async def _start_monitor(self) -> bool:
         """First: a port in use stops the service before anything else starts."""
@@ -197,8 +247,11 @@ class Service:
 
     def _configuration_changed(self, config: Configuration) -> None:
         assert self.poller is not None
-        self.poller.forget_except(config.meters)
-        self.monitor.forget_meters_except(config.meters)
+        meters = config.meters
+        if self.leases is not None:
+            meters = tuple(m for m in meters if self.leases.owns(m.bus))
+        self.poller.forget_except(meters)
+        self.monitor.forget_meters_except(meters)
         self.monitor.config_problems.set(len(config.problems))
 
     async def _tick_loop(self) -> None:
@@ -238,6 +291,8 @@ class Service:
     async def _cycle(self, tick: datetime, fired: frozenset[str], meters: tuple[Meter, ...]) -> None:
         assert self.poller is not None
         due = self.schedule.due(meters, fired)
+        if self.leases is not None:  # another instance polls the rest
+            due = [m for m in due if self.leases.owns(m.bus)]
         try:
             report = await self.poller.run_cycle(due) if due else None
         except Exception:  # a bug must not stop the service: say so loudly, go on next tick
@@ -249,7 +304,7 @@ class Service:
             since_tick = (datetime.now(UTC) - tick).total_seconds()
             log.info("%s since_tick=%.3fs", report.summary(), since_tick)
 
-    async def _shut_down(self, watching: asyncio.Task[None] | None) -> None:
+    async def _shut_down(self, watching: asyncio.Task[None] | None, leasing: asyncio.Task[None] | None) -> None:
         if self.running:
             log.info("stopping: waiting up to %.0f s for %d running cycle(s)", STOP_CYCLES_S, len(self.running))
             _, pending = await asyncio.wait(set(self.running), timeout=STOP_CYCLES_S)
@@ -259,12 +314,15 @@ class Service:
                 await asyncio.wait(pending)
                 log.warning("%d cycle(s) still reading after %.0f s were stopped; what they had read is kept",
                             len(pending), STOP_CYCLES_S)
-        if watching is not None:
-            watching.cancel()
-            await asyncio.gather(watching, return_exceptions=True)
+        for background in (watching, leasing):
+            if background is not None:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
         await self.monitor.stop()
         if self.poller is not None:
-            self.poller.close()
+            await close_poller(self.poller)  # worker processes: stopped and joined, their last lines read
+        if self.leases is not None:  # no request is in flight any more: the others may take over now
+            await asyncio.to_thread(self.leases.release_all)
         if self.outbox is not None:
             await asyncio.to_thread(self.outbox.close)
         self.watcher.close()

@@ -108,6 +108,28 @@ class _Session:
             pass
 
 
+def session_dsn(settings: Settings, *, connect_timeout_s: float, statement_timeout_s: float, lock_timeout_s: float,
+                answer_timeout_s: float, read_only: bool) -> dict[str, Any]:
+    """Connection parameters for a session whose every wait is bounded (the lease session of
+    poller/lease.py writes; the configuration's is read-only)."""
+    def ms(seconds: float) -> int:
+        return max(1, math.ceil(seconds * 1000))
+
+    options = (f"-c statement_timeout={ms(statement_timeout_s)} -c lock_timeout={ms(lock_timeout_s)} "
+               f"-c idle_in_transaction_session_timeout={ms(answer_timeout_s)} "
+               # the poller's login is read-only by default (db/10-poller-role.sh); the lease session
+               # turns that off to write its coordination tables, the only ones it is granted
+               f"-c default_transaction_read_only={'on' if read_only else 'off'}")
+    return {
+        **settings.postgres_dsn(),
+        "connect_timeout": max(1, math.ceil(connect_timeout_s)),
+        "options": options,
+        # a server that is gone (host down, cable cut): the kernel gives up on the socket
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+        "tcp_user_timeout": ms(answer_timeout_s),
+    }
+
+
 class ConfigSource:
     """Reads the configuration from PostgreSQL; blocking, to be used from one thread at a time."""
 
@@ -131,20 +153,9 @@ class ConfigSource:
 
     def dsn(self) -> dict[str, Any]:
         """Connection parameters: the settings', with the timeouts and a read-only session."""
-        def ms(seconds: float) -> int:
-            return max(1, math.ceil(seconds * 1000))
-
-        options = (f"-c statement_timeout={ms(self.statement_timeout_s)} -c lock_timeout={ms(self.lock_timeout_s)} "
-                   f"-c idle_in_transaction_session_timeout={ms(self.answer_timeout_s)} "
-                   "-c default_transaction_read_only=on")
-        return {
-            **self.settings.postgres_dsn(),
-            "connect_timeout": max(1, math.ceil(self.connect_timeout_s)),
-            "options": options,
-            # a server that is gone (host down, cable cut): the kernel gives up on the socket
-            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-            "tcp_user_timeout": ms(self.answer_timeout_s),
-        }
+        return session_dsn(self.settings, connect_timeout_s=self.connect_timeout_s,
+                           statement_timeout_s=self.statement_timeout_s, lock_timeout_s=self.lock_timeout_s,
+                           answer_timeout_s=self.answer_timeout_s, read_only=True)
 
     def refresh(self) -> Configuration:
         """The configuration as it is now: `current` itself when nothing changed.

@@ -9,6 +9,7 @@ meter's poll stays there: the meter is reported failed, the cycle goes on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .decode import decode_block_values
-from .modbus import BUSY_CODES, SPLIT_CODES, ExceptionReply, ModbusError
+from .modbus import BUSY_CODES, SPLIT_CODES, ExceptionReply, ModbusError, NotOwner
 from .model import BusAddress, Meter, ReadBlock
 from .plan import plan_device, split_block
 from .sink import SeriesKeys, reading_lines
@@ -50,12 +51,13 @@ class MeterResult:
     errors: int = 0  # requests that failed (timeouts, exception replies, broken replies)
     error: ModbusError | None = None
     backed_off: bool = False  # not polled this cycle: it kept failing
+    handed_off: bool = False  # not (fully) polled: this instance's lease on the bus ended (lease.py)
     duration_s: float = 0.0
     time_ms: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.backed_off
+        return self.error is None and not self.backed_off and not self.handed_off
 
 
 @dataclass
@@ -63,6 +65,7 @@ class CycleReport:
     meters_ok: int = 0
     meters_failed: int = 0
     meters_backed_off: int = 0
+    meters_handed_off: int = 0  # left to the instance that holds their bus's lease now
     buses_busy: int = 0  # buses left out: still busy with an earlier cycle
     readings: int = 0
     invalid: int = 0
@@ -76,6 +79,8 @@ class CycleReport:
                 f"requests={self.requests} duration={self.duration_s:.3f}s")
         if self.buses_busy:
             text += f" busy_endpoints_skipped={self.buses_busy}"  # the key bench/run.py reads
+        if self.meters_handed_off:
+            text += f" handed_off={self.meters_handed_off}"
         return text
 
 
@@ -140,10 +145,14 @@ class Poller:
     """
 
     def __init__(self, readings: Readings, max_parallel_endpoints: int = 256, status_points: bool = True,
-                 connect: Callable[[BusAddress], Bus] = open_bus) -> None:
+                 connect: Callable[[BusAddress], Bus] = open_bus,
+                 fence: Callable[[BusAddress], float] | None = None) -> None:
         self.readings = readings
         self.status_points = status_points  # write a poller_status point per meter and cycle
         self.connect = connect
+        # fence(bus): the monotonic time this instance's right to poll the bus ends (lease.py), read
+        # by the bus just before each request; None: one poller, no end
+        self.fence = fence
         self.buses: dict[BusAddress, Bus] = {}
         self._plans: dict[int, tuple[Meter, tuple[ReadBlock, ...]]] = {}
         self.keys = SeriesKeys()
@@ -216,6 +225,8 @@ class Poller:
                     report.meters_ok += 1
                 elif res.backed_off:
                     report.meters_backed_off += 1
+                elif res.handed_off:
+                    report.meters_handed_off += 1
                 else:
                     report.meters_failed += 1
         report.duration_s = time.monotonic() - started
@@ -233,9 +244,16 @@ class Poller:
                     bus = self.buses[address] = self.connect(address)
                 # the bus's meters share its connection: it waits the longest pause any of them needs
                 connect_pause = max(m.device_type.connect_pause_s for m in meters)
-                for meter in meters:
-                    result = await self._poll_one(bus, meter, connect_pause)
+                fence = None if self.fence is None else functools.partial(self.fence, address)
+                for i, meter in enumerate(meters):
+                    result = await self._poll_one(bus, meter, connect_pause, fence)
                     results.append(result)
+                    if result.handed_off:
+                        # the lease ended: what was read before is kept; the bus's other meters and
+                        # their status points are the new owner's
+                        self.readings.put(result.lines)
+                        results.extend(MeterResult(m, handed_off=True, time_ms=result.time_ms) for m in meters[i + 1:])
+                        break
                     if self.status_points:
                         result.lines.append(self.keys.status_line(meter, result))
                     self.readings.put(result.lines)
@@ -249,11 +267,12 @@ class Poller:
             self._busy_reported.discard(address)
         return results
 
-    async def _poll_one(self, bus: Bus, meter: Meter, connect_pause: float) -> MeterResult:
+    async def _poll_one(self, bus: Bus, meter: Meter, connect_pause: float,
+                        fence: Callable[[], float] | None) -> MeterResult:
         if self.health.backing_off(meter):
             return MeterResult(meter, backed_off=True, time_ms=time.time_ns() // 1_000_000)
         try:
-            result = await self.poll_meter(bus, meter, connect_pause)
+            result = await self.poll_meter(bus, meter, connect_pause, fence)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug: contained to this meter, logged with its traceback once
@@ -263,25 +282,29 @@ class Poller:
             result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
             result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
             bus.close()  # its state is unknown now
-        if result.ok:
+        if isinstance(result.error, NotOwner):
+            result.error, result.handed_off = None, True  # not the device's failure
+        elif result.ok:
             self.health.ok(meter)
         else:
             self.health.failed(meter, str(result.error))
         return result
 
-    async def poll_meter(self, bus: Bus, meter: Meter, connect_pause: float) -> MeterResult:
+    async def poll_meter(self, bus: Bus, meter: Meter, connect_pause: float,
+                         fence: Callable[[], float] | None = None) -> MeterResult:
         """Read a meter's blocks, splitting any the device refuses; decode what arrived.
 
         Readings of the blocks read before a failure are kept: they were read.
         If the cycle is cancelled (the service is stopping) in the middle of a
         meter, what was read so far is handed over before the cancellation goes on.
-        `connect_pause`: the bus's, the longest any of its meters needs.
+        `connect_pause`: the bus's, the longest any of its meters needs. `fence`: the bus's
+        (Poller.fence for this bus).
         """
         result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
         started = time.monotonic()
         read: list[tuple[ReadBlock, list[int], int]] = []
         try:
-            await self._read_blocks(bus, meter, result, read, connect_pause)
+            await self._read_blocks(bus, meter, result, read, connect_pause, fence)
         except asyncio.CancelledError:
             self._decode(meter, result, read, started)
             self.readings.put(result.lines)
@@ -290,7 +313,8 @@ class Poller:
         return result
 
     async def _read_blocks(self, bus: Bus, meter: Meter, result: MeterResult,
-                           read: list[tuple[ReadBlock, list[int], int]], connect_pause: float) -> None:
+                           read: list[tuple[ReadBlock, list[int], int]], connect_pause: float,
+                           fence: Callable[[], float] | None) -> None:
         queue = list(self.plan_for(meter))
         kept: list[ReadBlock] = []
         split = False
@@ -299,7 +323,7 @@ class Poller:
             block = queue[i]
             i += 1
             try:
-                words = await self._read(bus, meter, block, result, connect_pause)
+                words = await self._read(bus, meter, block, result, connect_pause, fence)
             except ExceptionReply as exc:
                 if exc.code in SPLIT_CODES and len(block.registers) > 1:
                     queue[i:i] = split_block(block)  # read both halves next
@@ -334,13 +358,16 @@ class Poller:
         result.duration_s = time.monotonic() - started
 
     async def _read(self, bus: Bus, meter: Meter, block: ReadBlock, result: MeterResult,
-                    connect_pause: float) -> list[int]:
+                    connect_pause: float, fence: Callable[[], float] | None) -> list[int]:
         dtype = meter.device_type
         for attempt, backoff in enumerate((*BUSY_RETRIES, None)):
             result.requests += 1
             try:
                 return await bus.read(block, meter.slave_address, dtype.timeout_s, pause=dtype.request_pause_s,
-                                      connect_pause=connect_pause)
+                                      connect_pause=connect_pause, fence=fence)
+            except NotOwner:
+                result.requests -= 1  # not sent
+                raise
             except ModbusError as exc:
                 result.errors += 1
                 if not isinstance(exc, ExceptionReply) or exc.code not in BUSY_CODES or backoff is None:

@@ -76,6 +76,14 @@ class BadRequest(ModbusError):
     breaks_connection = False
 
 
+class NotOwner(ModbusError):
+    """The bus's lease (several pollers, README "Several pollers") ends before this request's
+    reply window would: nothing was sent, another instance polls the bus from now on."""
+
+    kind = "not_owner"
+    breaks_connection = False
+
+
 class ExceptionReply(ModbusError):
     kind = "exception"
     breaks_connection = False

@@ -17,13 +17,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .cycle import CycleReport
+from .lease import Leases
 from .model import Meter
 from .outbox import OutboxStats
+
+if TYPE_CHECKING:
+    from .workers import WorkerPool
 
 log = logging.getLogger("poller.monitor")
 
@@ -101,6 +106,21 @@ class Monitor:
         ):
             Gauge(name, doc, registry=r).set_function(_reader(stats, field))
 
+    def watch_leases(self, leases: Leases) -> None:
+        """Export this instance's share of the fleet (POLL_COORDINATION=postgres)."""
+        r = self.registry
+        Gauge("emm_buses_leased", "Buses this instance holds the lease of (polls)", registry=r).set_function(
+            lambda: float(len(leases.held())))
+        Gauge("emm_bus_takeovers_total", "Buses claimed after another instance's lease expired",
+              registry=r).set_function(lambda: float(leases.takeovers))
+        Gauge("emm_lease_heartbeats_failed_total", "Lease heartbeats PostgreSQL did not answer",
+              registry=r).set_function(lambda: float(leases.beats_failed))
+
+    def watch_workers(self, pool: WorkerPool) -> None:
+        """Export the worker processes' restarts (POLL_WORKERS > 0)."""
+        Gauge("emm_worker_restarts_total", "Worker processes that died and were replaced",
+              registry=self.registry).set_function(lambda: float(pool.restarts))
+
     def cycle_done(self, report: CycleReport | None) -> None:
         """A tick was handled (report None: no meter was due)."""
         self.last_cycle = time.monotonic()
@@ -114,6 +134,8 @@ class Monitor:
         self.requests.inc(report.requests)
         self.ticks_skipped.inc(report.buses_busy)
         for res in report.results:
+            if res.handed_off:
+                continue  # another instance holds its bus's lease now: up or not is its to say
             key = self._meter_series(res.meter)
             self.meter_up.labels(*key).set(1 if res.ok else 0)
             self.meter_errors.labels(*key).inc(res.errors)

@@ -29,6 +29,7 @@ class Settings:
     influxdb_bucket: str = "energy"
     poll_cron: str = DEFAULT_POLL_CRON
     max_parallel_endpoints: int = 256
+    workers: int = 0  # POLL_WORKERS: worker processes polling the buses; 0: in the main process
     # --- health and metrics (poller/monitor.py) ---
     http_host: str = "127.0.0.1"
     http_port: int = 9108  # 0: no HTTP endpoint
@@ -38,6 +39,9 @@ class Settings:
     spool_max_mb: int = 512
     spool_retry_max_s: int = 60
     write_buffer_points: int = 100_000  # readings held in memory before they go to the spool
+    # --- several pollers sharing one fleet (poller/lease.py, README: Several pollers) ---
+    coordination: str = "none"  # "postgres": each bus polled by the one instance holding its lease
+    lease_s: float = 10.0
 
     def postgres_dsn(self) -> dict[str, object]:
         return {
@@ -89,6 +93,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         poll_cron = validate_cron(get("POLL_CRON", DEFAULT_POLL_CRON), "POLL_CRON")
     except CronError as exc:
         raise SettingsError(str(exc)) from None
+    coordination = get("POLL_COORDINATION", Settings.coordination).lower()
+    if coordination not in ("none", "postgres"):
+        raise SettingsError(f"POLL_COORDINATION={coordination!r} must be 'none' (one poller) or 'postgres' "
+                            "(several pollers share the fleet through PostgreSQL)")
     return Settings(
         postgres_host=get("POSTGRES_HOST", Settings.postgres_host),
         postgres_port=get_int("POSTGRES_PORT", Settings.postgres_port, 1, 65535),
@@ -101,6 +109,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         influxdb_bucket=get("INFLUXDB_BUCKET", Settings.influxdb_bucket),
         poll_cron=poll_cron,
         max_parallel_endpoints=get_int("POLL_MAX_PARALLEL", Settings.max_parallel_endpoints, 1, 10000),
+        workers=get_int("POLL_WORKERS", Settings.workers, 0, 64),
         http_host=get("POLL_HTTP_HOST", Settings.http_host),
         http_port=get_int("POLL_HTTP_PORT", Settings.http_port, 0, 65535),
         health_stale_s=float(get_int("POLL_HEALTH_STALE_S", 0, 0, 7 * 86400)),
@@ -109,4 +118,6 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         spool_max_mb=get_int("POLL_SPOOL_MAX_MB", Settings.spool_max_mb, 1, 1_000_000),
         spool_retry_max_s=get_int("POLL_SPOOL_RETRY_MAX_S", Settings.spool_retry_max_s, 1, 3600),
         write_buffer_points=get_int("POLL_WRITE_BUFFER", Settings.write_buffer_points, 1000, 10_000_000),
+        coordination=coordination,
+        lease_s=float(get_int("POLL_LEASE_S", int(Settings.lease_s), 2, 3600)),
     )

@@ -98,6 +98,10 @@ class SpoolError(Exception):
     """The spool directory cannot be used; the message names it and says what to do."""
 
 
+class SpoolInUse(SpoolError):
+    """Another poller process holds the directory's lock."""
+
+
 def _header_crc(buf: bytes | memoryview, pos: int) -> int:
     """crc32 of a version-2 header without its status and its own crc."""
     return zlib.crc32(buf[pos + 8:pos + 36], zlib.crc32(buf[pos:pos + 4]))
@@ -297,7 +301,7 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise SpoolError(f"{where} is in use by another poller process; "
+            raise SpoolInUse(f"{where} is in use by another poller process; "
                              "give each poller its own spool directory") from None
         probe = self.dir / ".write-test"
         try:

@@ -2,7 +2,7 @@
 
 The cycle asks `open_bus(address)` for the client of a BusAddress and then only calls
 
-    words = await bus.read(block, unit, timeout, pause=..., connect_pause=...)
+    words = await bus.read(block, unit, timeout, pause=..., connect_pause=..., fence=...)
     bus.close()
 
 A bus connects at its first read, and again at the first read after close() or after
@@ -11,6 +11,9 @@ anything that made its connection untrustworthy. Every bus:
 - keeps `pause` between the end of one request and the start of the next, and
   `connect_pause` between (re)connecting (opening the port, for serial) and the first
   request on that connection (Huawei dongles drop requests sent sooner);
+- sends a request only when its whole reply window ends before `fence()`, read just
+  before the bytes go out (the monotonic time this instance's lease on the bus ends,
+  poller/lease.py); otherwise it raises NotOwner and sends nothing;
 - raises nothing but a ModbusError (or CancelledError), whose message names the bus as
   str(address); logs nothing above DEBUG per request; may be closed any number of times.
 
@@ -58,6 +61,7 @@ import os
 import socket
 import termios
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import serial
@@ -73,6 +77,7 @@ from .modbus import (
     ExceptionReply,
     FrameError,
     Framing,
+    NotOwner,
     Reply,
     Request,
     ResponseTimeout,
@@ -88,7 +93,7 @@ class Bus(Protocol):
     """One bus: one connection, one request at a time (the implementation's lock)."""
 
     async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0,
-                   connect_pause: float = 0.0) -> list[int]: ...
+                   connect_pause: float = 0.0, fence: Callable[[], float] | None = None) -> list[int]: ...
 
     def close(self) -> None: ...
 
@@ -135,12 +140,14 @@ class _Bus:
         return str(self.address)
 
     async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0,
-                   connect_pause: float = 0.0) -> list[int]:
+                   connect_pause: float = 0.0, fence: Callable[[], float] | None = None) -> list[int]:
         """Read one block from one unit id; the words, exactly `block.count` of them.
 
         `pause`: the least time between the end of one request on this bus and the
         start of the next. `connect_pause`: the least time between (re)connecting and
-        a request. Raises a ModbusError (or CancelledError), nothing else.
+        a request. `fence`: the monotonic time the right to use this bus ends (None: no
+        end); a request whose reply window would outlast it is not sent (NotOwner).
+        Raises a ModbusError (or CancelledError), nothing else.
         """
         async with self._lock:
             if pause:
@@ -148,7 +155,7 @@ class _Bus:
                 if wait > 0:
                     await asyncio.sleep(wait)
             try:
-                return await self._read(block, unit, timeout, connect_pause)
+                return await self._read(block, unit, timeout, connect_pause, fence)
             finally:
                 self._last_end = time.monotonic()
 
@@ -187,7 +194,8 @@ class _Bus:
             self._reserved_until = max(self._reserved_until, self._window_end)
         self._drop()
 
-    async def _read(self, block: ReadBlock, unit: int, timeout: float, connect_pause: float) -> list[int]:
+    async def _read(self, block: ReadBlock, unit: int, timeout: float, connect_pause: float,
+                    fence: Callable[[], float] | None) -> list[int]:
         request = Request(self._next_transaction(), unit, int(block.function_code), block.address, block.count)
         try:
             frame = self.framing.encode(request)
@@ -204,7 +212,14 @@ class _Bus:
                 await asyncio.sleep(wait)
             await self._before_send(link, request, block, timeout)
             window = timeout + self._wire_time(request)
-            self._window_end = time.monotonic() + window
+            now = time.monotonic()
+            # Fencing: checked here, after every wait, with nothing that yields between this check and
+            # the write inside link.send(). A request goes out only if its reply would be in before the
+            # lease ends; the lease in PostgreSQL ends later still (poller/lease.py).
+            if fence is not None and now + window > fence():
+                raise NotOwner(f"{self}: not sent to unit {unit}: this instance's lease on the bus ends "
+                               f"before the reply window would")
+            self._window_end = now + window
             async with asyncio.timeout(window):
                 reply = await link.send(request, frame)
         except TimeoutError:
@@ -217,6 +232,8 @@ class _Bus:
         except (FrameError, ConnectionClosed) as exc:
             self._give_up(reserve=isinstance(exc, FrameError))
             raise BadReply(f"{self} unit {unit}, {block}: {exc}") from None
+        except NotOwner:
+            raise  # nothing was sent: the connection is as good as it was
         except OSError as exc:  # an ICMP error on a datagram socket
             self._give_up()
             raise ConnectError(f"cannot connect to {self}: {_unreachable(exc)}") from None

@@ -189,7 +189,7 @@ class RefusingDevice:
     def __call__(self, address):
         return self
 
-    async def read(self, block, unit, timeout, pause=0.0, connect_pause=0.0):
+    async def read(self, block, unit, timeout, pause=0.0, connect_pause=0.0, fence=None):
         self.requests += 1
         if block.address <= self.refused < block.address + block.count:
             raise ExceptionReply(2, block, unit)

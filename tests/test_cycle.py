@@ -52,7 +52,7 @@ class FakeBus:
         return self
 
     async def read(self, block: ReadBlock, unit: int, timeout: float, pause: float = 0.0,
-                   connect_pause: float = 0.0) -> list[int]:
+                   connect_pause: float = 0.0, fence=None) -> list[int]:
         self.requests.append((unit, block.address))
         action = self.script(len(self.requests), block, unit)
         if isinstance(action, BaseException):
@@ -178,7 +178,7 @@ def test_a_host_port_busy_with_an_earlier_cycle_sits_the_tick_out():
     release = asyncio.Event()
 
     class Slow(FakeBus):
-        async def read(self, block, unit, timeout, pause=0.0, connect_pause=0.0):
+        async def read(self, block, unit, timeout, pause=0.0, connect_pause=0.0, fence=None):
             self.requests.append((unit, block.address))
             if unit == 1:
                 await release.wait()

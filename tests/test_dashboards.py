@@ -447,9 +447,13 @@ def test_meter_detail_panels(influx, units: dict[str, str], meter: str) -> None:
     assert seen == set(expected) | {"$measurement"}
 
 
+COORDINATION_TABLES = {"poller_instances", "bus_leases"}  # the poller's own (POLL_COORDINATION=postgres)
+
+
 def test_reader_role_can_only_read(postgres: dict[str, str]) -> None:
     """db/10-poller-role.sh: the poller's login reads the configuration and can write nothing
-    anywhere, even in a session that turned its read-only default off (issue 9 item 17)."""
+    anywhere, even in a session that turned its read-only default off (issue 9 item 17), but
+    its two coordination tables (issue 11: never a configuration table)."""
 
     def login(dbname: str = postgres["POSTGRES_DB"]):
         return psycopg2.connect(host=postgres["POSTGRES_HOST"], port=postgres["POSTGRES_PORT"], dbname=dbname,
@@ -458,7 +462,8 @@ def test_reader_role_can_only_read(postgres: dict[str, str]) -> None:
     with admin_connect(postgres) as admin, admin.cursor() as cur:
         cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
                     "AND table_type = 'BASE TABLE' ORDER BY 1")
-        tables = [row[0] for row in cur.fetchall()]
+        every_table = [row[0] for row in cur.fetchall()]
+        tables = [t for t in every_table if t not in COORDINATION_TABLES]
         cur.execute("SELECT c.oid::regclass::text, a.attname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
                     "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND a.attnum = 1")
         first_column = dict(cur.fetchall())
@@ -469,6 +474,7 @@ def test_reader_role_can_only_read(postgres: dict[str, str]) -> None:
         other_databases = [row[0] for row in cur.fetchall()]
     admin.close()
     assert {"energy_meters", "registers", "device_types", "config_version"} <= set(tables), tables
+    assert COORDINATION_TABLES <= set(every_table), every_table
     assert other_databases, "expected the cluster's postgres and template1 databases"
 
     # running the script again changes nothing (it runs at every native start)
@@ -519,6 +525,16 @@ def test_reader_role_can_only_read(postgres: dict[str, str]) -> None:
                 with pytest.raises(psycopg2.Error) as refused:
                     cur.execute(sql)
                 assert refused.value.pgcode == "42501", (sql, refused.value.pgcode, str(refused.value))
+            # what the poller writes: its coordination rows, and nothing it could grow a table with
+            cur.execute("INSERT INTO poller_instances (instance, expires_at) VALUES ('i', now())")
+            cur.execute("INSERT INTO bus_leases (bus, owner, expires_at) VALUES ('tcp h:502', 'i', now())")
+            cur.execute("UPDATE bus_leases SET epoch = epoch + 1")
+            cur.execute("DELETE FROM bus_leases")
+            cur.execute("DELETE FROM poller_instances")
+            for table in sorted(COORDINATION_TABLES):
+                with pytest.raises(psycopg2.Error) as refused:
+                    cur.execute(f"TRUNCATE {table}")
+                assert refused.value.pgcode == "42501", (table, str(refused.value))
             cur.execute("SELECT nspname FROM pg_namespace WHERE has_schema_privilege(nspname, 'CREATE')")
             assert cur.fetchall() == []
             cur.execute("SELECT datname FROM pg_database WHERE has_database_privilege(datname, 'CREATE') "

@@ -18,9 +18,9 @@ from tests.test_end_to_end import run_poller
 DEFAULTS = {
     "postgres_host": "localhost", "postgres_port": 5432, "postgres_db": "energy", "postgres_user": "postgres",
     "postgres_password": "", "influxdb_url": "http://localhost:8086", "influxdb_token": "", "influxdb_org": "",
-    "influxdb_bucket": "energy", "poll_cron": "* * * * * */10", "max_parallel_endpoints": 256,
+    "influxdb_bucket": "energy", "poll_cron": "* * * * * */10", "max_parallel_endpoints": 256, "workers": 0,
     "http_host": "127.0.0.1", "http_port": 9108, "health_stale_s": 0.0, "spool_dir": "spool",
-    "spool_max_mb": 512, "spool_retry_max_s": 60,
+    "spool_max_mb": 512, "spool_retry_max_s": 60, "coordination": "none", "lease_s": 10.0,
 }
 # variable -> Settings field, for the plain text settings
 TEXT = {
@@ -32,12 +32,15 @@ TEXT = {
 WHOLE_NUMBERS = {
     "POSTGRES_PORT": ("postgres_port", 1, 65535),
     "POLL_MAX_PARALLEL": ("max_parallel_endpoints", 1, 10000),
+    "POLL_WORKERS": ("workers", 0, 64),
     "POLL_HTTP_PORT": ("http_port", 0, 65535),
     "POLL_HEALTH_STALE_S": ("health_stale_s", 0, 7 * 86400),
     "POLL_SPOOL_MAX_MB": ("spool_max_mb", 1, 1_000_000),
     "POLL_SPOOL_RETRY_MAX_S": ("spool_retry_max_s", 1, 3600),
+    "POLL_LEASE_S": ("lease_s", 2, 3600),
 }
-EVERY_VARIABLE = [*TEXT, *WHOLE_NUMBERS, "POSTGRES_PASSWORD", "INFLUXDB_URL", "INFLUXDB_TOKEN", "POLL_CRON"]
+EVERY_VARIABLE = [*TEXT, *WHOLE_NUMBERS, "POSTGRES_PASSWORD", "INFLUXDB_URL", "INFLUXDB_TOKEN", "POLL_CRON",
+                  "POLL_COORDINATION"]
 
 
 def fields(settings: Settings) -> dict[str, object]:
@@ -191,3 +194,14 @@ def test_a_spool_directory_in_use_by_another_poller_exits_2(postgres, database, 
     assert f"POLL_SPOOL_DIR={spool} is in use by another poller process" in done.stderr
     assert "Traceback" not in done.stderr
 
+
+
+@pytest.mark.parametrize("raw, expected", [("postgres", "postgres"), (" Postgres ", "postgres"), ("none", "none")])
+def test_coordination_is_none_or_postgres(raw, expected):
+    assert from_env({"POLL_COORDINATION": raw}).coordination == expected
+
+
+@pytest.mark.parametrize("raw", ["postgresql", "redis", "on", "1"])
+def test_an_unknown_coordination_is_refused_naming_the_choices(raw):
+    with pytest.raises(SettingsError, match=r"POLL_COORDINATION=.*'none'.*'postgres'"):
+        from_env({"POLL_COORDINATION": raw})

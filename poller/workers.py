@@ -1,0 +1,650 @@
+"""Worker processes (POLL_WORKERS): the buses sharded over N processes, each with its own
+event loop, its own connections and its own Poller. The main process keeps the schedule,
+the configuration, the outbox and spool, the leases and /metrics: one service to run.
+
+    main process                                        worker i (spawned)
+    WorkerPool.run_cycle(due meters)
+      each bus -> one worker (Shards)
+      ("meters", Meter objects, fence slots, keep) -->  held by id, Poller.forget_except
+      ("run", cycle, meter ids)                    -->  Poller.run_cycle(them), a task per request
+      Outbox.put(lines)                 <-- [lines]     a meter's lines the moment it is done (with those
+                                                        of the meters done in the same turn of its loop)
+      merged into one CycleReport       <-- ("report", cycle, counts, per-meter results)
+
+Lines travel as a pickled list of str (measured: pickling and unpickling a meter's 30 lines
+takes 2.3 us, joining and splitting them again 3.1 us). The message, its system calls and the
+main loop's wake-up cost about 10 us of main-process CPU each, more than the pickling: a
+worker sends the lines of all the meters that finished in one turn of its event loop as one
+message, at the end of that turn. Reports carry meter ids, not Meter objects, which the main
+process has. Meter objects travel when the configuration changes (`forget_except`), or
+with the first request that needs them.
+
+A bus stays with its worker while the pool runs (a bus that leaves the configuration and
+comes back goes to the same worker), so a bus is never polled by two processes at once. Each
+tick's request is a task of its own in the worker, so its Poller's busy rule applies as in
+one process: a bus still busy with an earlier tick sits the tick out (CycleReport.buses_busy).
+
+Fencing (POLL_COORDINATION=postgres): the lease deadlines live in shared memory
+(lease.SharedFences, written by the main process only); each bus's slot is sent with its
+meters, and the worker's Poller reads `values[slot]` just before each request.
+
+A worker that dies is seen at once (EOF on its pipe): the meters of its cycles under way are
+reported failed (what it had sent is in the outbox), it is logged once at ERROR and a new
+one takes its place, with its buses, for the next tick (emm_worker_restarts_total). Workers
+ignore SIGINT and SIGTERM (the main process stops them: `aclose`) and exit when their pipe
+to the main process closes, so they never outlive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import itertools
+import logging
+import math
+import multiprocessing
+import pickle
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from .cycle import CycleReport, MeterResult, Poller, Readings
+from .lease import SharedFences, bus_key
+from .modbus import ModbusError
+from .model import BusAddress, Meter
+
+if TYPE_CHECKING:
+    from .lease import Leases
+    from .settings import Settings
+
+log = logging.getLogger("poller.workers")
+
+JOIN_S = 3.0  # at stop: how long workers get to send their last lines and exit before they are killed
+RESTART_DELAYS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # a worker that keeps dying young waits longer
+YOUNG_S = 10.0  # a worker that dies sooner than this after its start counts towards the delay
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_PICKLE = pickle.HIGHEST_PROTOCOL
+
+# The report's per-meter fields, in one order for both processes (not the meter: an id; not the
+# lines: already sent; not the error: its kind and message, the exception class may not pickle).
+_RESULT_FIELDS = tuple(f.name for f in fields(MeterResult) if f.name not in ("meter", "lines", "error"))
+_COUNT_FIELDS = tuple(f.name for f in fields(CycleReport) if f.name not in ("duration_s", "results"))
+
+
+class WorkerError(ModbusError):
+    """A meter's failure as its worker reported it (the kind and the message of the original)."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class WorkerLost(ModbusError):
+    """The worker polling the meter died, or was restarting, during the cycle."""
+
+    kind = "worker_lost"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts: which worker polls which bus, and the merge of the workers' reports
+
+
+class Shards:
+    """Which worker polls which bus: a bus goes to the least loaded worker the first time it is
+    seen (the heaviest new buses first), and stays there while the pool runs. A bus's load is the
+    number of values its meters read (at least one per meter): the CPU a cycle spends on it."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.of: dict[BusAddress, int] = {}
+        self.weight: dict[BusAddress, int] = {}  # the configured buses only
+        self.load = [0] * workers
+
+    def update(self, weights: Mapping[BusAddress, int]) -> None:
+        """The configured buses and their loads now; buses not in `weights` weigh nothing (but
+        keep their worker, should they come back)."""
+        for bus in [b for b in self.weight if b not in weights]:
+            self.load[self.of[bus]] -= self.weight.pop(bus)
+        for bus, weight in weights.items():
+            if bus in self.of:
+                self.load[self.of[bus]] += weight - self.weight.get(bus, 0)
+                self.weight[bus] = weight
+        for bus in sorted((b for b in weights if b not in self.of), key=lambda b: (-weights[b], str(b))):
+            index = min(range(self.workers), key=lambda i: (self.load[i], i))
+            self.of[bus] = index
+            self.weight[bus] = weights[bus]
+            self.load[index] += weights[bus]
+
+    def worker(self, bus: BusAddress) -> int:
+        """The bus's worker (a bus not seen before is placed now, with the least load)."""
+        index = self.of.get(bus)
+        if index is None:
+            index = self.of[bus] = min(range(self.workers), key=lambda i: (self.load[i], i))
+        return index
+
+
+def bus_weights(meters: Iterable[Meter]) -> dict[BusAddress, int]:
+    weights: dict[BusAddress, int] = {}
+    for meter in meters:
+        weights[meter.bus] = weights.get(meter.bus, 0) + max(1, len(meter.device_type.registers))
+    return weights
+
+
+def merge_reports(parts: Iterable[CycleReport], duration_s: float) -> CycleReport:
+    """One report of the workers' ones: counts summed, results in turn, the pool's wall time."""
+    report = CycleReport(duration_s=duration_s)
+    for part in parts:
+        for name in _COUNT_FIELDS:
+            setattr(report, name, getattr(report, name) + getattr(part, name))
+        report.results.extend(part.results)
+    return report
+
+
+def failed_part(meters: Iterable[Meter], why: str) -> CycleReport:
+    """The part of a cycle a worker could not report: every meter failed, nothing read."""
+    now_ms = time.time_ns() // 1_000_000
+    results = [MeterResult(m, error=WorkerLost(why), time_ms=now_ms) for m in meters]
+    return CycleReport(meters_failed=len(results), results=results)
+
+
+def encode_report(report: CycleReport) -> tuple[tuple[int, ...], list[tuple[Any, ...]]]:
+    results = [(r.meter.id, *(getattr(r, name) for name in _RESULT_FIELDS),
+                None if r.error is None else (str(r.error), r.error.kind)) for r in report.results]
+    return tuple(getattr(report, name) for name in _COUNT_FIELDS), results
+
+
+def decode_report(encoded: tuple[tuple[int, ...], list[tuple[Any, ...]]], meters: Mapping[int, Meter]) -> CycleReport:
+    counts, rows = encoded
+    report = CycleReport()
+    for name, count in zip(_COUNT_FIELDS, counts, strict=True):
+        setattr(report, name, count)
+    for meter_id, *values, error in rows:
+        result = MeterResult(meters[meter_id], **dict(zip(_RESULT_FIELDS, values, strict=True)))
+        if error is not None:
+            result.error = WorkerError(*error)
+        report.results.append(result)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker process
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    max_parallel_endpoints: int = 256
+    status_points: bool = True
+    log_level: int = logging.INFO
+    fenced: bool = False  # POLL_COORDINATION=postgres: every request is fenced by its bus's lease
+
+
+def worker_main(index: int, conn: Connection, fences: Any, options: WorkerOptions) -> None:
+    """A worker process's life: serve the main process's requests until it says stop or goes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process orchestrates the stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the pool around the start
+    from .logsafe import setup_logging
+
+    setup_logging(options.log_level)
+    try:
+        asyncio.run(_Worker(index, conn, fences, options).serve())
+    finally:
+        conn.close()
+
+
+class _Worker:
+    """The worker's side: Readings for its Poller (each meter's lines to the main process)."""
+
+    def __init__(self, index: int, conn: Connection, fences: Any, options: WorkerOptions) -> None:
+        self.index = index
+        self.conn = conn
+        self.fences = fences
+        self.meters: dict[int, Meter] = {}
+        self.slots: dict[BusAddress, int] = {}
+        self.cycles: dict[int, asyncio.Task[None]] = {}
+        self.gone = False  # the main process's end is closed: nothing more to send
+        self.poller = Poller(self, options.max_parallel_endpoints, status_points=options.status_points,
+                             fence=self.fence if options.fenced else None)
+        self.done: asyncio.Future[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.batch: list[str] = []  # lines put in this turn of the event loop, not sent yet
+
+    def fence(self, address: BusAddress) -> float:
+        """The lease deadline the main process keeps for the bus (0.0: not held, send nothing)."""
+        slot = self.slots.get(address)
+        return 0.0 if slot is None else float(self.fences[slot])
+
+    def put(self, lines: Sequence[str]) -> None:
+        """A meter's lines: sent at the end of this turn of the event loop, together with those of
+        the other meters finished in the same turn (one message, one wake-up of the main process)."""
+        if not lines:
+            return
+        if not self.batch and self.loop is not None:
+            self.loop.call_soon(self._flush)
+        self.batch.extend(lines)
+
+    def _flush(self) -> None:
+        if self.batch:
+            batch, self.batch = self.batch, []
+            self._send(batch)
+
+    def _send(self, message: object) -> None:
+        if not isinstance(message, list):
+            self._flush()  # a cycle's report never overtakes its lines
+        if self.gone:
+            return
+        try:
+            self.conn.send_bytes(pickle.dumps(message, _PICKLE))
+        except OSError:  # the main process is gone: stop
+            self.gone = True
+            self._finish()
+
+    def _finish(self) -> None:
+        """Stop serving (asked to, or the main process is gone): serve() cancels what still runs."""
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    async def serve(self) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        loop.add_reader(self.conn.fileno(), self._readable)
+        try:
+            await self.done
+        finally:
+            loop.remove_reader(self.conn.fileno())
+            tasks = list(self.cycles.values())
+            for task in tasks:
+                task.cancel()  # what a cancelled meter read so far is still handed over
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._flush()  # the last lines, read before the cycles were cancelled
+            self.poller.close()
+
+    def _readable(self) -> None:
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):  # the main process is gone (or closed the pipe): exit
+            self.gone = True
+            self._finish()
+            return
+        try:
+            self._handle(message)
+        except Exception:  # a bug must not kill the worker: say so, go on
+            log.exception("worker %d: handling %s failed", self.index, type(message).__name__)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "run":
+            _, cycle, ids = message
+            meters = [self.meters[i] for i in ids if i in self.meters]
+            unknown = [i for i in ids if i not in self.meters]
+            self.cycles[cycle] = asyncio.create_task(self._run(cycle, meters, unknown))
+        elif kind == "meters":
+            _, meters, slots, keep = message
+            self.slots.update(slots)
+            for meter in meters:
+                self.meters[meter.id] = meter
+            if keep is not None:
+                kept = set(keep)
+                self.meters = {i: m for i, m in self.meters.items() if i in kept}
+                self.poller.forget_except(list(self.meters.values()))
+        elif kind == "cancel":
+            task = self.cycles.get(message[1])
+            if task is not None:
+                task.cancel()
+        elif kind == "stop":
+            self._finish()  # serve() cancels what still runs, then the process exits
+
+    async def _run(self, cycle: int, meters: list[Meter], unknown: list[int]) -> None:
+        try:
+            report = await self.poller.run_cycle(meters)
+        except asyncio.CancelledError:
+            return  # the main process gave this cycle up (the service stops)
+        except Exception:  # a bug: the main process reports the cycle's meters failed
+            log.exception("worker %d: cycle failed", self.index)
+            self._send(("report", cycle, None, unknown))
+        else:
+            self._send(("report", cycle, encode_report(report), unknown))
+        finally:
+            self.cycles.pop(cycle, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The main process's side
+
+
+class _Sender:
+    """Sends to one worker from a thread of its own: a worker that is slow to read (busy,
+    stopped) never blocks the main event loop, and two processes can never wait on each other
+    with full pipes. The thread owns the connection's closing."""
+
+    _CLOSE = object()
+
+    def __init__(self, conn: Connection, name: str) -> None:
+        self.conn = conn
+        self.queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def send(self, message: object) -> None:
+        self.queue.put(message)
+
+    def close(self) -> None:
+        self.queue.put(self._CLOSE)
+
+    def _run(self) -> None:
+        broken = False
+        while (message := self.queue.get()) is not self._CLOSE:
+            if broken:
+                continue
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError):  # the worker is gone: its reader sees the EOF; the pool closes
+                broken = True
+            except Exception:  # noqa: BLE001 - a message that does not pickle: a bug, said once
+                log.exception("sending to a worker failed")
+        # only now, once the event loop no longer watches it (_detach): its fd number cannot be reused
+        # under the loop's reader
+        self.conn.close()
+
+
+@dataclass(eq=False)
+class _Handle:
+    """One worker process as the pool sees it."""
+
+    index: int
+    process: BaseProcess
+    conn: Connection
+    sender: _Sender
+    started: float
+    fd: int = -1  # the pipe's, watched by the event loop until _detach
+    alive: bool = True
+    sent: dict[int, Meter] = field(default_factory=dict)  # the meters it holds: the objects sent
+    slots_sent: set[BusAddress] = field(default_factory=set)
+    pending: dict[int, tuple[asyncio.Future[CycleReport], list[Meter]]] = field(default_factory=dict)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+
+class WorkerPool:
+    """What Service uses of a Poller (`run_cycle`, `forget_except`, `close`), with the buses
+    polled in `workers` processes. Made inside the running event loop; stop it with `aclose()`."""
+
+    def __init__(self, readings: Readings, workers: int, max_parallel_endpoints: int = 256,
+                 status_points: bool = True, fences: SharedFences | None = None,
+                 log_level: int | None = None) -> None:
+        if workers < 1:
+            raise ValueError("a WorkerPool needs at least one worker")
+        self.readings = readings
+        self.size = workers
+        self.fences = fences
+        self.options = WorkerOptions(
+            max_parallel_endpoints=math.ceil(max_parallel_endpoints / workers), status_points=status_points,
+            log_level=logging.getLogger().getEffectiveLevel() if log_level is None else log_level,
+            fenced=fences is not None)
+        self.shards = Shards(workers)
+        self.restarts = 0
+        self._loop = asyncio.get_running_loop()
+        self._context = multiprocessing.get_context("spawn")
+        self._cycles = itertools.count(1)
+        self._meters: dict[int, Meter] = {}  # the configuration's meters (forget_except's): what workers hold
+        self._closing = False
+        self._young = [0] * workers  # per index: deaths in a row, each soon after its start
+        self._restarting: set[asyncio.Task[None]] = set()
+        self.workers: list[_Handle] = [self._start(i) for i in range(workers)]
+        atexit.register(self.close)  # never leave a worker behind, whatever path the process exits by
+
+    # --- the Poller's interface ---
+
+    def forget_except(self, meters: Sequence[Meter]) -> None:
+        """The configuration changed: each worker gets the meters of its buses that it does not
+        hold yet (or holds an older version of) and forgets the others."""
+        self._meters = {m.id: m for m in meters}
+        self.shards.update(bus_weights(meters))
+        mine: list[list[Meter]] = [[] for _ in self.workers]
+        for meter in meters:
+            mine[self.shards.worker(meter.bus)].append(meter)
+        for handle, its in zip(self.workers, mine, strict=True):
+            if handle.alive:
+                self._send_meters(handle, its, keep=True)
+
+    async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
+        """Poll the meters in their buses' workers; returns when every worker reported (or died).
+        Each meter's lines reach the outbox as soon as its worker sends them."""
+        started = time.monotonic()
+        cycle = next(self._cycles)
+        groups: dict[int, list[Meter]] = {}
+        for meter in meters:
+            groups.setdefault(self.shards.worker(meter.bus), []).append(meter)
+        asked: list[tuple[_Handle, asyncio.Future[CycleReport]]] = []
+        for index, group in groups.items():
+            handle = self.workers[index]
+            future: asyncio.Future[CycleReport] = self._loop.create_future()
+            if not handle.alive:
+                future.set_result(failed_part(group, f"worker {index} is being restarted"))
+            else:
+                handle.pending[cycle] = (future, group)
+                self._send_meters(handle, [m for m in group if handle.sent.get(m.id) is not m], keep=False)
+                handle.sender.send(("run", cycle, [m.id for m in group]))
+            asked.append((handle, future))
+        try:
+            parts = await asyncio.gather(*(f for _, f in asked))
+        except asyncio.CancelledError:  # the service stops: the workers cancel the cycle too
+            for handle, _ in asked:
+                if handle.pending.pop(cycle, None) is not None and handle.alive:
+                    handle.sender.send(("cancel", cycle))
+            raise
+        return merge_reports(parts, time.monotonic() - started)
+
+    def close(self) -> None:
+        """Immediate stop (atexit, errors): the pipes close, workers exit; stragglers are killed.
+        Blocking (up to about 2 s per worker that will not go); call it from the event loop's thread."""
+        self._closing = True
+        for task in self._restarting:
+            task.cancel()
+        for handle in self.workers:
+            self._detach(handle)
+        self._join_all()
+
+    def _join_all(self) -> None:
+        for handle in self.workers:
+            handle.process.join(1.0)
+            if handle.process.exitcode is None:
+                handle.process.kill()
+                handle.process.join(1.0)
+        atexit.unregister(self.close)
+
+    async def aclose(self, timeout_s: float = JOIN_S) -> None:
+        """Stop: workers cancel what still runs (the service gave its cycles STOP_CYCLES_S already),
+        send their last lines and exit; the lines are read until then. Stragglers are killed."""
+        self._closing = True
+        for task in list(self._restarting):
+            task.cancel()
+        await asyncio.gather(*self._restarting, return_exceptions=True)
+        alive = [h for h in self.workers if h.alive]
+        for handle in alive:
+            handle.sender.send(("stop",))
+        if alive:
+            waiters = [asyncio.ensure_future(h.gone.wait()) for h in alive]
+            _, late = await asyncio.wait(waiters, timeout=timeout_s)
+            for waiter in late:
+                waiter.cancel()
+            stragglers = [h for h in alive if h.alive]
+            if stragglers:
+                log.warning("%d worker process(es) did not stop within %.0f s: killed", len(stragglers), timeout_s)
+            for handle in stragglers:
+                handle.process.kill()
+        for handle in self.workers:
+            self._detach(handle)
+        await asyncio.to_thread(self._join_all)
+
+    # --- inside ---
+
+    def _start(self, index: int) -> _Handle:
+        mine, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=worker_main, name=f"emm-poller-worker-{index}",
+                                        args=(index, theirs, None if self.fences is None else self.fences.values,
+                                              self.options))
+        # SIGINT/SIGTERM blocked across the spawn: the child inherits the mask, so a Ctrl-C that reaches
+        # the process group cannot kill it before it ignores them (worker_main)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            theirs.close()
+        handle = _Handle(index, process, mine, _Sender(mine, f"worker-{index}-sender"), time.monotonic(),
+                         fd=mine.fileno())
+        self._loop.add_reader(handle.fd, self._readable, handle)
+        log.info("worker %d started: pid %s", index, process.pid)
+        return handle
+
+    def _send_meters(self, handle: _Handle, meters: list[Meter], keep: bool) -> None:
+        """Send the meters the worker does not hold yet, with their buses' fence slots. keep: `meters`
+        are all the worker is to hold now (it forgets the others); else they are added."""
+        if keep:
+            changed = [m for m in meters if handle.sent.get(m.id) is not m]
+            handle.sent = {m.id: m for m in meters}
+        else:
+            changed = meters
+            handle.sent.update((m.id, m) for m in meters)
+        if not changed and not keep:
+            return
+        slots: dict[BusAddress, int] = {}
+        if self.fences is not None:
+            for bus in {m.bus for m in changed} - handle.slots_sent:
+                slots[bus] = self.fences.slot(bus_key(bus))
+            handle.slots_sent.update(slots)
+        handle.sender.send(("meters", changed, slots, list(handle.sent) if keep else None))
+
+    def _readable(self, handle: _Handle) -> None:
+        """Messages from a worker: lines to the outbox, reports to their cycle; EOF: it is gone."""
+        conn = handle.conn
+        for _ in range(64):  # then let the loop breathe; it calls again while there is more
+            try:
+                if not conn.poll():
+                    return
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                self._lost(handle)
+                return
+            message = pickle.loads(data)
+            if type(message) is list:
+                self.readings.put(message)
+            else:
+                self._reported(handle, message)
+
+    def _reported(self, handle: _Handle, message: tuple[Any, ...]) -> None:
+        _, cycle, encoded, unknown = message
+        pending = handle.pending.pop(cycle, None)
+        if pending is None:
+            return  # a cycle given up (cancelled)
+        future, group = pending
+        by_id = {m.id: m for m in group}
+        if encoded is None:
+            part = failed_part(group, f"worker {handle.index}: the cycle failed (see its log)")
+        else:
+            try:
+                part = decode_report(encoded, by_id)
+            except Exception:  # noqa: BLE001 - a bug: the cycle's meters count as failed, said loudly
+                log.exception("worker %d: its report could not be read", handle.index)
+                part = failed_part(group, f"worker {handle.index}: unreadable report")
+        if unknown:
+            part = merge_reports([part, failed_part([by_id[i] for i in unknown if i in by_id],
+                                                    f"worker {handle.index} did not hold the meter")], 0.0)
+        if not future.done():
+            future.set_result(part)
+
+    def _detach(self, handle: _Handle) -> None:
+        """No more reading from the worker; its sender closes the pipe once done."""
+        if handle.alive:
+            handle.alive = False
+            with contextlib.suppress(RuntimeError):  # the loop is closed already (atexit)
+                self._loop.remove_reader(handle.fd)
+            handle.sender.close()
+            handle.gone.set()
+
+    def _lost(self, handle: _Handle) -> None:
+        """EOF from a worker: it exited (asked to, or not). Its cycles under way are reported
+        failed; unless the pool stops, a new worker takes its place."""
+        self._detach(handle)
+        for future, group in handle.pending.values():
+            if not future.done():
+                future.set_result(failed_part(group, f"worker {handle.index} (pid {handle.pid}) died"))
+        handle.pending.clear()
+        if not self._closing:
+            task = self._loop.create_task(self._restart(handle))
+            self._restarting.add(task)
+            task.add_done_callback(self._restarting.discard)
+
+    async def _restart(self, dead: _Handle) -> None:
+        code = await asyncio.to_thread(_reap, dead.process, 2.0)
+        lived = time.monotonic() - dead.started
+        young = self._young[dead.index] = self._young[dead.index] + 1 if lived < YOUNG_S else 0
+        # the first death at once; a worker that keeps dying young (a bug at start) waits longer each time
+        delay = RESTART_DELAYS_S[min(young - 1, len(RESTART_DELAYS_S) - 1)] if young else 0.0
+        buses = sum(1 for i in self.shards.of.values() if i == dead.index)
+        self.restarts += 1
+        log.error("worker %d (pid %s) %s after %.1f s; a new worker takes over its %d bus(es)%s; the meters "
+                  "of its cycles under way are reported failed, what it had sent is kept",
+                  dead.index, dead.pid, describe_exit(code), lived, buses,
+                  f" in {delay:g} s" if delay else " from the next tick")
+        if delay:
+            await asyncio.sleep(delay)
+        if self._closing:
+            return
+        handle = self._start(dead.index)
+        self.workers[dead.index] = handle
+        its = [m for m in self._meters.values() if self.shards.worker(m.bus) == dead.index]
+        self._send_meters(handle, its, keep=True)
+
+
+def _reap(process: BaseProcess, timeout_s: float) -> int | None:
+    """The exit code of a worker whose pipe closed; one that lingers is killed."""
+    process.join(timeout_s)
+    if process.exitcode is None:
+        process.kill()
+        process.join(timeout_s)
+    return process.exitcode
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "closed its pipe and would not exit (killed)"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Service's choice
+
+
+def make_poller(readings: Readings, settings: Settings, status_points: bool = True,
+                leases: Leases | None = None) -> Poller | WorkerPool:
+    """POLL_WORKERS=0: today's in-process Poller; N: a pool of N worker processes."""
+    if settings.workers <= 0:
+        return Poller(readings, settings.max_parallel_endpoints, status_points=status_points,
+                      fence=None if leases is None else leases.until)
+    return WorkerPool(readings, settings.workers, settings.max_parallel_endpoints, status_points=status_points,
+                      fences=None if leases is None else leases.shared)
+
+
+async def close_poller(poller: Poller | WorkerPool) -> None:
+    """Service's stop: a pool's workers stop and are joined; a Poller closes its connections."""
+    if isinstance(poller, WorkerPool):
+        await poller.aclose()
+    else:
+        poller.close()

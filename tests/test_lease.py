@@ -1,0 +1,200 @@
+"""poller/lease.py against a real PostgreSQL: fair shares, give-back, takeover, fencing, and
+many instances beating at once never granting one bus to two of them."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from poller.lease import Leases, bus_key, grace_s, wanted_buses
+from poller.model import BusAddress, DeviceType, Meter, SerialLine, Transport
+from poller.settings import from_env
+
+BUSES = {f"tcp 10.0.0.{i}:502": 1.5 for i in range(10)}
+
+
+def make(postgres, database, lease_s: float = 3.0) -> Leases:  # type: ignore[no-untyped-def]
+    return Leases(from_env(postgres.env(database)), lease_s=lease_s, heartbeat_s=0.5)
+
+
+def owners(postgres, database) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+    conn = postgres.connect(database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT bus, CASE WHEN expires_at > now() THEN owner END FROM bus_leases")
+            return dict(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def test_the_first_instance_takes_all_and_a_second_gets_its_share_after_the_grace(postgres, database):
+    a, b = make(postgres, database), make(postgres, database)
+    try:
+        first = a.beat(BUSES)
+        assert (first.live, first.share, first.owned) == (1, 10, 10)
+        assert all(a.owns(BusAddress(Transport.TCP, f"10.0.0.{i}", 502)) for i in range(10))
+        joined = b.beat(BUSES)  # registered, but nothing is free yet
+        assert (joined.live, joined.share, joined.owned) == (2, 5, 0)
+        given = a.beat(BUSES)
+        assert given.owned == 5 and len(given.released) == 5
+        # given back, but not claimable before the longest reply window (+1 s) is over
+        assert b.beat(BUSES).owned == 0
+        time.sleep(1.6)
+        took = b.beat(BUSES)
+        assert took.owned == 5 and sorted(took.claimed) == given.released
+        assert a.held().isdisjoint(b.held()) and len(a.held() | b.held()) == 10
+        assert b.takeovers == 0  # given back is not taken over
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_paused_instance_loses_its_buses_and_sends_on_none_of_them(postgres, database):
+    a, b = make(postgres, database, lease_s=2.0), make(postgres, database, lease_s=2.0)
+    wanted = dict(list(BUSES.items())[:3])
+    address = BusAddress(Transport.TCP, "10.0.0.0", 502)
+    try:
+        a.beat(wanted)
+        assert a.owns(address)
+        before = a.until(address)
+        # the local deadline: the clock before the transaction + the lease (here 1.5 s of grace + 2 heartbeats)
+        assert a.effective_lease_s == pytest.approx(2.5)
+        assert before <= time.monotonic() + 2.5
+        time.sleep(a.effective_lease_s + 0.1)  # "paused": no heartbeat for longer than the lease
+        assert not a.owns(address)  # by its own clock, before it talks to anyone
+        took = b.beat(wanted)
+        assert took.owned == 3 and b.takeovers == 3
+        back = a.beat(wanted)  # the renewal finds the leases taken
+        assert back.owned == 0 and back.lost == sorted(wanted)
+        assert a.until(address) == 0.0 and a.shared.values[a.shared.slot(bus_key(address))] == 0.0
+        assert set(owners(postgres, database).values()) == {b.instance}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_clean_stop_gives_every_lease_back_at_once(postgres, database):
+    a, b = make(postgres, database), make(postgres, database)
+    try:
+        a.beat(BUSES)
+        b.beat(BUSES)
+        a.release_all()
+        assert b.beat(BUSES).owned == 10  # no waiting for the lease to run out
+    finally:
+        b.close()
+
+
+def test_many_instances_beating_at_once_never_grant_a_bus_to_two(postgres, database):
+    """Five instances, random configurations (buses coming and going), beating concurrently for
+    3 s, some pausing past their lease: the spans in which each may poll a bus (from the end of
+    the beat that granted it to its local deadline, or to the start of the beat that gave it
+    back) never overlap for two instances."""
+    instances = [make(postgres, database, lease_s=2.0) for _ in range(5)]
+    spans: list[tuple[str, str, float, float]] = []  # (bus, instance, from, until)
+    lock = threading.Lock()
+    stop = time.monotonic() + 3.0
+    errors: list[BaseException] = []
+
+    def run(lease: Leases, seed: int) -> None:
+        rng = random.Random(seed)
+        open_: dict[str, tuple[float, float]] = {}
+        try:
+            while time.monotonic() < stop:
+                wanted = {k: 0.2 for k in BUSES if rng.random() < 0.9}
+                before = time.monotonic()
+                lease.beat(wanted)
+                after = time.monotonic()
+                held = lease.held()
+                for key in [k for k in open_ if k not in held]:
+                    start, until = open_.pop(key)
+                    with lock:
+                        spans.append((key, lease.instance, start, min(until, before)))
+                for key in held:
+                    open_[key] = (open_.get(key, (after, 0.0))[0], lease.until_key(key))
+                time.sleep(rng.uniform(0, 0.3))
+                if rng.random() < 0.1:  # a pause past the lease now and then
+                    time.sleep(2.1)
+            with lock:
+                spans.extend((k, lease.instance, start, until) for k, (start, until) in open_.items())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(lease, i)) for i, lease in enumerate(instances)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for lease in instances:
+        lease.close()
+    assert not errors, errors
+    by_bus: dict[str, list[tuple[float, float, str]]] = {}
+    for bus, who, start, until in spans:
+        by_bus.setdefault(bus, []).append((start, until, who))
+    assert len(by_bus) == len(BUSES)
+    assert len({who for _, who, _, _ in spans}) >= 3, "the buses should have moved between instances"
+    for bus, owned in by_bus.items():
+        for i, (s1, u1, w1) in enumerate(owned):
+            for s2, u2, w2 in owned[i + 1:]:
+                assert w1 == w2 or u1 <= s2 or u2 <= s1, (bus, (s1, u1, w1), (s2, u2, w2))
+
+
+@pytest.mark.parametrize("transport, line, expected", [
+    (Transport.TCP, None, 3.0 + 1.0),
+    (Transport.SERIAL, SerialLine(baudrate=9600), 3.0 + (8 + 255) * 10 / 9600 + 1.0),  # 8N1: 10 bits
+])
+def test_the_grace_covers_the_longest_reply_window(transport, line, expected):
+    dtype = DeviceType(name="t", registers=(), timeout_s=3.0)
+    slow = Meter(1, "/dev/ttyUSB0" if line else "h", 0 if line else 502, 1, dtype, transport=transport, line=line)
+    fast = Meter(2, "/dev/ttyUSB0" if line else "h", 0 if line else 502, 2,
+                 DeviceType(name="f", registers=(), timeout_s=0.5), transport=transport, line=line)
+    assert grace_s([slow, fast]) == pytest.approx(expected)
+    assert wanted_buses([slow, fast, Meter(3, "x", 502, 1, dtype, enabled=False)]) == {
+        bus_key(slow.bus): pytest.approx(expected)}
+
+
+def test_instances_claiming_the_same_free_buses_at_the_same_instant_get_one_each(postgres, database):
+    """All see every bus free and claim at once: the claim re-checks the expiry on the row it
+    locks, so the later one finds the bus taken (rounds repeated: the race is real each time)."""
+    instances = [make(postgres, database) for _ in range(5)]
+    try:
+        for _ in range(5):
+            barrier = threading.Barrier(len(instances))
+            for lease in instances:  # everyone registered, so each one's share is 2
+                lease.beat({})
+
+            def claim(lease: Leases, barrier: threading.Barrier) -> None:
+                barrier.wait()
+                lease.beat(BUSES)
+
+            threads = [threading.Thread(target=claim, args=(lease, barrier)) for lease in instances]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            held = [lease.held() for lease in instances]
+            for i, mine in enumerate(held):
+                for theirs in held[i + 1:]:
+                    assert mine.isdisjoint(theirs), held
+            for lease in instances:
+                lease.release_all()
+    finally:
+        for lease in instances:
+            lease.close()
+
+
+def test_a_lease_shorter_than_a_meters_reply_window_is_lengthened(postgres, database):
+    """POLL_LEASE_S=2 with a meter whose timeout is 3 s: a renewed lease must still leave room for
+    that meter's whole reply window, or its requests would never be sent (fenced every time)."""
+    a = Leases(from_env(postgres.env(database)), lease_s=2.0, heartbeat_s=0.5)
+    address = BusAddress(Transport.TCP, "10.0.0.0", 502)
+    try:
+        a.beat({bus_key(address): 3.0 + 1.0})
+        assert a.effective_lease_s == pytest.approx(5.0)
+        time.sleep(0.5)  # one heartbeat later, just before the next renewal
+        assert a.until(address) - time.monotonic() > 3.0 + 1.0
+        assert owners(postgres, database) == {bus_key(address): a.instance}
+    finally:
+        a.close()

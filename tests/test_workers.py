@@ -1,0 +1,425 @@
+"""Worker processes (POLL_WORKERS, poller/workers.py): the buses sharded over processes, one
+service to the operator.
+
+The shard assignment and the report merge are pure; the rest runs real processes: the pool's
+spawned workers against real Modbus sockets, and `python -m poller` with PostgreSQL and
+VictoriaMetrics, whose workers are killed, signalled and orphaned on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from poller.cycle import CycleReport, MeterResult
+from poller.lease import SharedFences, bus_key
+from poller.modbus import ResponseTimeout
+from poller.model import BusAddress, DataType, DeviceType, FunctionCode, Meter, Register, Transport
+from poller.workers import (
+    Shards,
+    WorkerError,
+    WorkerLost,
+    WorkerPool,
+    bus_weights,
+    decode_report,
+    describe_exit,
+    encode_report,
+    failed_part,
+    merge_reports,
+)
+from tests.servers import ModbusServerThread, free_port, start_module, stop_process
+from tests.test_faults import seed_registers
+from virtual_server.device import make_device
+from virtual_server.server import SimulatedServer
+
+CYCLE = re.compile(r"cycle: meters ok=(\d+) failed=(\d+) backed_off=(\d+) readings=(\d+) ")
+STARTED = re.compile(r"worker (\d+) started: pid (\d+)")
+HOLDING = FunctionCode.READ_HOLDING_REGISTERS
+
+
+def dtype(values: int = 2, name: str = "t") -> DeviceType:
+    registers = tuple(Register(i, name, 2 * i, f"m{i}", "V", DataType.FLOAT32, HOLDING) for i in range(values))
+    return DeviceType(name, registers, timeout_s=1.0)
+
+
+def meter(mid: int, host: str = "gw", port: int = 502, unit: int = 1, values: int = 2) -> Meter:
+    return Meter(mid, host, port, unit, dtype(values))
+
+
+# --------------------------------------------------------------------------- (d) pure parts
+
+
+def test_each_bus_goes_to_the_least_loaded_worker_and_stays_there():
+    shards = Shards(2)
+    heavy, light = BusAddress(Transport.TCP, "heavy", 502), BusAddress(Transport.TCP, "light", 502)
+    others = [BusAddress(Transport.TCP, f"b{i}", 502) for i in range(4)]
+    shards.update({light: 2, heavy: 10, **{b: 3 for b in others}})
+    # the heaviest first, each to the least loaded: heavy (10) + light (2) against 4 x 3
+    assert shards.load == [12, 12] and shards.of[heavy] == shards.of[light] != shards.of[others[0]]
+    before = dict(shards.of)
+    # loads change, buses come and go: no bus already placed ever moves
+    shards.update({heavy: 1, others[0]: 50})
+    assert {b: shards.of[b] for b in before} == before
+    assert sum(shards.load) == 51 and shards.load[shards.of[others[0]]] >= 50
+    new = BusAddress(Transport.UDP, "light", 502)
+    shards.update({heavy: 1, others[0]: 50, new: 1})
+    assert shards.of[new] != shards.of[others[0]]  # the least loaded
+    shards.update({})  # everything gone ...
+    assert shards.load == [0, 0]
+    shards.update({light: 2})  # ... and back: where it was
+    assert shards.of[light] == before[light] and shards.worker(light) == before[light]
+    # a bus never seen (a meter due before the configuration reached the pool): placed at once, then fixed
+    stray = BusAddress(Transport.TCP, "stray", 1502)
+    assert shards.worker(stray) == shards.worker(stray) == shards.of[stray]
+
+
+def test_buses_weigh_what_their_meters_read_and_spread_evenly():
+    meters = [meter(i, f"gw{i % 6}", values=1 + i % 3) for i in range(60)]
+    weights = bus_weights(meters)
+    assert sum(weights.values()) == sum(len(m.device_type.registers) for m in meters)
+    shards = Shards(4)
+    shards.update(weights)
+    assert max(shards.load) - min(shards.load) <= max(weights.values())
+    assert len(set(shards.of.values())) == 4
+
+
+def test_reports_merge_into_one_and_travel_without_their_meters():
+    a, b, c = meter(1), meter(2, "gw2"), meter(3, "gw3")
+    one = CycleReport(meters_ok=1, meters_failed=1, readings=2, invalid=1, requests=3, buses_busy=1,
+                      results=[MeterResult(a, readings=2, requests=1, invalid=["m1: NaN"], duration_s=0.5,
+                                           time_ms=7),
+                               MeterResult(b, requests=2, errors=2, error=ResponseTimeout("no reply"))])
+    two = CycleReport(meters_backed_off=1, meters_handed_off=1, results=[MeterResult(c, backed_off=True)])
+    merged = merge_reports([one, two], 1.25)
+    assert (merged.meters_ok, merged.meters_failed, merged.meters_backed_off, merged.meters_handed_off,
+            merged.buses_busy, merged.readings, merged.invalid, merged.requests, merged.duration_s) == (
+        1, 1, 1, 1, 1, 2, 1, 3, 1.25)
+    assert [r.meter for r in merged.results] == [a, b, c]
+    assert merged.summary().startswith("cycle: meters ok=1 failed=1 backed_off=1 readings=2 invalid=1 requests=3")
+
+    back = decode_report(encode_report(one), {1: a, 2: b})
+    assert back.summary() == one.summary()
+    ok, failed = back.results
+    assert ok.meter is a and ok.ok and (ok.readings, ok.requests, ok.invalid, ok.duration_s, ok.time_ms) == (
+        2, 1, ["m1: NaN"], 0.5, 7)
+    assert failed.meter is b and not failed.ok and failed.errors == 2
+    assert isinstance(failed.error, WorkerError) and failed.error.kind == "timeout" and str(failed.error) == "no reply"
+    assert ok.lines == []  # the lines went to the outbox as the meter finished
+
+    lost = failed_part([a, b], "worker 1 died")
+    assert lost.meters_failed == 2 and all(isinstance(r.error, WorkerLost) and not r.ok for r in lost.results)
+    assert describe_exit(-9) == "was killed by SIGKILL" and describe_exit(3) == "exited with code 3"
+
+
+# --------------------------------------------------------------------------- the pool, in this process
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def put(self, lines):
+        assert isinstance(lines, list)
+        self.lines.extend(lines)
+
+
+def words(values: int = 8) -> dict[tuple[int, int], int]:
+    return {(3, a): (0x4366 if a % 2 == 0 else 0x8000) for a in range(2 * values)}  # 230.5 each
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[ModbusServerThread]]:
+    servers = [ModbusServerThread(SimulatedServer(units={}, default=words)) for _ in range(4)]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+def test_the_pool_polls_in_its_workers_fences_with_the_main_process_deadlines_and_replaces_the_dead(gateways):
+    meters = [Meter(10 * g + u, "127.0.0.1", s.port, u, dtype(3)) for g, s in enumerate(gateways) for u in (1, 2)]
+    fences = SharedFences(capacity=64)
+
+    async def scenario() -> None:
+        out = Lines()
+        pool = WorkerPool(out, 2, fences=fences)
+        try:
+            for m in meters:
+                fences.set(bus_key(m.bus), time.monotonic() + 3600)
+            pool.forget_except(meters)
+            report = await pool.run_cycle(meters)
+            assert (report.meters_ok, report.readings, report.meters_failed) == (8, 24, 0), report.summary()
+            assert len(out.lines) == 8 * 4  # 3 readings and a status point per meter
+            assert {r.meter.id for r in report.results} == {m.id for m in meters}
+            assert len({pool.shards.of[m.bus] for m in meters}) == 2  # both workers have buses
+
+            # the lease of one bus ends in the main process: its worker sends nothing there any more
+            ended = meters[0].bus
+            fences.set(bus_key(ended), 0.0)
+            report = await pool.run_cycle(meters)
+            handed = {r.meter.id for r in report.results if r.handed_off}
+            assert handed == {m.id for m in meters if m.bus == ended}, report.summary()
+            assert report.meters_ok == 6
+
+            # a worker killed: its part of the cycle under way fails, the cycle returns, a new one takes over
+            victim = pool.workers[0]
+            os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            report = await asyncio.wait_for(pool.run_cycle(meters[2:]), 10)
+            assert report.meters_failed + report.meters_ok == 6
+            deadline = time.monotonic() + 15
+            while pool.workers[0] is victim or not pool.workers[0].alive:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert pool.restarts == 1 and pool.workers[0].pid != victim.pid
+            report = await asyncio.wait_for(pool.run_cycle(meters[2:]), 15)
+            assert (report.meters_ok, report.meters_failed) == (6, 0), report.summary()
+            workers = [h.process for h in pool.workers]
+        finally:
+            await pool.aclose()
+        assert all(p.exitcode == 0 for p in workers), [p.exitcode for p in workers]
+
+    asyncio.run(scenario())
+    for gateway in gateways:  # one client at a time on every bus, whatever process it was
+        assert gateway.server.stats.max_in_flight == 1
+
+
+def test_a_stop_mid_read_hands_over_what_the_workers_had_read(gateways):
+    """aclose() while a slow meter is between two of its three requests: the worker cancels its
+    cycle, sends the block it read, and exits; the cycle under way returns, its meter failed."""
+    slow = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=0.4))
+    spread = DeviceType("spread", tuple(Register(i, "spread", 100 * i, f"s{i}", "V", DataType.FLOAT32, HOLDING)
+                                        for i in range(3)), max_gap=0, timeout_s=2.0)
+    meters = [Meter(1, "127.0.0.1", slow.port, 1, spread), Meter(2, "127.0.0.1", gateways[0].port, 1, dtype(2))]
+
+    async def scenario() -> None:
+        out = Lines()
+        pool = WorkerPool(out, 2)
+        pool.forget_except(meters)
+        assert (await pool.run_cycle(meters[1:])).meters_ok == 1  # the workers are up
+        cycle = asyncio.ensure_future(pool.run_cycle(meters))
+        await asyncio.sleep(0.6)  # the first block is read, the second is on its way
+        await pool.aclose()
+        report = await asyncio.wait_for(cycle, 5)
+        assert {r.meter.id: r.ok for r in report.results} == {1: False, 2: True}, report.summary()
+        assert [line.split(",")[0] for line in out.lines if "meter=1," in line] == ["s0"]
+        assert all(h.process.exitcode == 0 for h in pool.workers)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        slow.close()
+
+
+# --------------------------------------------------------------------------- python -m poller
+
+
+def fleet(postgres, database, gateways: int, units: int, latency_s: float = 0.0) -> list[ModbusServerThread]:
+    """`gateways` gateways (each its own server and stats), the seed map at `units` unit ids each."""
+    bank = make_device("virtual_meter", seed_registers(postgres, database), 3).words()
+    servers = [ModbusServerThread(SimulatedServer(units={}, default=lambda: bank, latency_s=latency_s))
+               for _ in range(gateways)]
+    rows = ", ".join(f"({g * units + u}, '127.0.0.1', {s.port}, {u}, 'virtual_meter')"
+                     for g, s in enumerate(servers) for u in range(1, units + 1))
+    postgres.psql(database, "-c", f"DELETE FROM energy_meters; INSERT INTO energy_meters "
+                                  f"(id, host, port, slave_address, type) VALUES {rows};")
+    return servers
+
+
+def wait_for(what, log: Path, proc, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (found := what(log.read_text())):
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(children - found)
+            found |= children
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child no one reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def left_behind(pids: set[int], wait_s: float = 3.0) -> list[str]:
+    """The command lines of those still running after `wait_s` (multiprocessing's resource tracker,
+    a child too, exits a moment after the main process, when it sees its pipe close)."""
+    deadline = time.monotonic() + wait_s
+    while (alive := [p for p in pids if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ") for p in alive if running(p)]
+
+
+def worker_pids(text: str) -> dict[int, int]:
+    """The live worker of each index, as the log says (a restarted worker's new pid wins)."""
+    return {int(i): int(p) for i, p in STARTED.findall(text)}
+
+
+def samples(victoria, expected: int) -> dict[str, list[int]]:
+    """meter id -> timestamps (ms) of its voltage_l1 readings."""
+    series = victoria.export('{__name__=~".+_value"}', min_samples=expected, timeout=20)
+    assert sum(len(s["values"]) for s in series) == expected, (expected, sum(len(s["values"]) for s in series))
+    return {s["metric"]["meter"]: s["timestamps"] for s in series if s["metric"]["__name__"] == "voltage_l1_value"}
+
+
+def test_two_workers_store_every_reading_and_serve_each_bus_over_one_connection(postgres, database, victoria,
+                                                                                tmp_path):
+    """(a) POLL_WORKERS=2, 6 gateways x 3 units every second: every reading of every tick is stored,
+    each gateway sees one client connection and one request at a time; SIGTERM stops it cleanly."""
+    servers = fleet(postgres, database, 6, 3, latency_s=0.002)
+    log = tmp_path / "poller.log"
+    env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *", "POLL_WORKERS": "2"}
+    proc = start_module("poller", [], env, log)
+    try:
+        wait_for(lambda t: len(CYCLE.findall(t)) >= 6, log, proc)
+        pids = worker_pids(log.read_text())
+        assert len(pids) == 2 and set(pids.values()) <= descendants(proc.pid)
+        children = descendants(proc.pid)
+        term = time.monotonic()
+        rc = stop_process(proc, timeout=30)
+        stop_s = time.monotonic() - term
+    finally:
+        stop_process(proc)
+        for server in servers:
+            server.close()
+    text = log.read_text()
+    assert rc == 0 and stop_s < 10, (rc, stop_s, text)
+    assert "Traceback" not in text and " ERROR " not in text, text
+    assert not left_behind(children)
+    cycles = [tuple(map(int, m.groups())) for m in CYCLE.finditer(text)]
+    assert all(c == (18, 0, 0, 18 * 12) for c in cycles), cycles
+    stamps = samples(victoria, 18 * 12 * len(cycles))
+    assert sorted(stamps, key=int) == [str(i) for i in range(1, 19)]
+    assert all(len(t) == len(cycles) for t in stamps.values()), {m: len(t) for m, t in stamps.items()}
+    for server in servers:
+        assert (server.server.stats.connections, server.server.stats.max_in_flight) == (1, 1)
+
+
+def test_a_killed_worker_is_replaced_and_its_buses_are_read_again_within_two_ticks(postgres, database, victoria,
+                                                                                  tmp_path):
+    """(b) SIGKILL to a worker: the service goes on, says so once, the worker's buses are read again
+    within two ticks, and every reading taken before the kill is stored."""
+    servers = fleet(postgres, database, 4, 2)
+    log = tmp_path / "poller.log"
+    port = free_port()
+    env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *", "POLL_WORKERS": "2",
+           "POLL_HTTP_PORT": str(port)}
+    proc = start_module("poller", [], env, log)
+    try:
+        wait_for(lambda t: len(CYCLE.findall(t)) >= 3, log, proc)
+        victim = worker_pids(log.read_text())[0]
+        killed = time.time()
+        os.kill(victim, signal.SIGKILL)
+        replaced = wait_for(lambda t: [p for i, p in STARTED.findall(t) if i == "0" and int(p) != victim], log, proc)
+        assert int(replaced[0]) in descendants(proc.pid)
+        time.sleep(3.5)
+        assert proc.poll() is None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        rc = stop_process(proc, timeout=30)
+    finally:
+        stop_process(proc)
+        for server in servers:
+            server.close()
+    text = log.read_text()
+    assert rc == 0, text
+    assert "emm_worker_restarts_total 1.0" in metrics
+    errors = [line for line in text.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"worker 0 (pid {victim}) was killed by SIGKILL" in errors[0], errors
+    stored = victoria.export('{__name__=~".+_value"}', min_samples=1, timeout=20)
+    logged = sum(int(m.group(4)) for m in CYCLE.finditer(text))
+    # the cycle the worker died in reports its meters failed, but what it had sent is stored too
+    assert sum(len(s["values"]) for s in stored) >= logged
+    voltage = {s["metric"]["meter"]: [t / 1000 for t in s["timestamps"]] for s in stored
+               if s["metric"]["__name__"] == "voltage_l1_value"}
+    assert len(voltage) == 8
+    first = max(min(t) for t in voltage.values())  # from the first tick every meter was read in
+    for meter_id, seconds in voltage.items():
+        ticks = {int(t) for t in seconds}
+        before = set(range(int(first), int(killed)))
+        assert before <= ticks, (meter_id, sorted(before - ticks))  # nothing taken before the kill is lost
+        again = [t for t in seconds if t > killed]
+        assert again and min(again) - killed < 3.0, (meter_id, again[:3], killed)
+
+
+def test_sigterm_stops_workers_mid_read_within_the_budget_and_leaves_no_process(postgres, database, victoria,
+                                                                                tmp_path, hung_port):
+    """(c) A device that never answers (60 s timeout) holds a cycle in a worker when SIGTERM comes:
+    the service stops within compose's 20 s with exit 0, and none of its processes is left. Workers
+    ignore SIGTERM and SIGINT sent to them directly (the main process orchestrates)."""
+    servers = fleet(postgres, database, 2, 2)
+    postgres.psql(database, "-c", f"""
+        INSERT INTO device_types (name, timeout_s) VALUES ('hung', 60);
+        INSERT INTO registers (type, register_address, measurement_name, data_type) VALUES ('hung', 0, 'v', 3);
+        INSERT INTO energy_meters (id, host, port, slave_address, type)
+            VALUES (99, '127.0.0.1', {hung_port}, 1, 'hung');""")
+    log = tmp_path / "poller.log"
+    env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *", "POLL_WORKERS": "2"}
+    proc = start_module("poller", [], env, log)
+    try:
+        wait_for(lambda t: len(CYCLE.findall(t)) >= 2, log, proc)
+        pids = worker_pids(log.read_text())
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert all(running(p) for p in pids.values()) and worker_pids(log.read_text()) == pids
+        children = descendants(proc.pid)
+        term = time.monotonic()
+        rc = stop_process(proc, timeout=30)
+        stop_s = time.monotonic() - term
+    finally:
+        stop_process(proc)
+        for server in servers:
+            server.close()
+    text = log.read_text()
+    assert rc == 0, text
+    assert 4.5 < stop_s < 20, f"SIGTERM took {stop_s:.1f} s"
+    assert "cycle(s) still reading after 5 s were stopped" in text, text
+    assert "did not stop" not in text and "Traceback" not in text, text
+    assert not left_behind(children)
+
+
+def test_workers_exit_when_the_main_process_dies(postgres, database, victoria, tmp_path):
+    """No orphans even when the main process cannot clean up (SIGKILL): each worker sees its pipe
+    close and exits."""
+    servers = fleet(postgres, database, 1, 1)
+    log = tmp_path / "poller.log"
+    env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *", "POLL_WORKERS": "2"}
+    proc = start_module("poller", [], env, log)
+    try:
+        wait_for(lambda t: len(CYCLE.findall(t)) >= 1, log, proc)
+        children = descendants(proc.pid)
+        assert set(worker_pids(log.read_text()).values()) <= children
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while [p for p in children if running(p)]:
+            assert time.monotonic() < deadline, "worker processes outlived the main process"
+            time.sleep(0.05)
+    finally:
+        stop_process(proc)
+        for server in servers:
+            server.close()
