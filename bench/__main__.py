@@ -10,6 +10,10 @@ a subset (bench.naive) and prints a table, then one line of JSON.
 --framer rtu does all of it with an RTU-over-TCP fleet (energy_meters.transport
 'rtuovertcp'); --framer both runs the Modbus TCP fleet and then the RTU one in
 the same run, and reports them side by side (the RTU results under `variants`).
+
+--peer nodered then runs Node-RED with node-red-contrib-modbus (bench.nodered) on
+the same Modbus TCP fleet after the poller, its figures beside the poller's (under
+`peers`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="run the poller from a copy of poller/ with this patch applied (instead of poller/)")
     run_.add_argument("--compare-patch", default=None,
                       help="run poller/ and then a copy with this patch applied, side by side")
+    run_.add_argument("--peer", action="append", choices=("nodered",), default=[],
+                      help="after the poller, run this peer on the same fleet and report it side by side: nodered = "
+                           "Node-RED with node-red-contrib-modbus (installed from npm into --nodered-dir), one "
+                           "modbus-client + flex-getter per gateway, the same requests, every --every-s s, the "
+                           "same --cycles and --warmup; Modbus TCP fleet only")
+    run_.add_argument("--nodered-dir", default=None,
+                      help="where --peer nodered installs Node-RED (reused while it holds the pinned versions); "
+                           "default $EMM_BENCH_NODERED_DIR, else ~/.cache/emm-bench/nodered")
+    run_.add_argument("--workers", default=None,
+                      help="POLL_WORKERS for the poller; a list (0,2) runs the poller once with each, side by side "
+                           "(CPU per reading counts the worker processes too)")
     run_.add_argument("--out", default=None, help="directory for logs and profiles (default: a temp dir)")
     run_.add_argument("--json-out", default=None, help="also write the final JSON to this file")
     return p.parse_args(argv)
@@ -60,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(cycles=a.cycles, warmup=a.warmup, every_s=a.every_s, floor_rounds=a.floor_rounds,
                    naive_gateways=a.naive_gateways, profile_s=a.profile_s, poller_patch=a.poller_patch,
                    compare_patch=a.compare_patch, out=a.out, json_out=a.json_out,
-                   framers=("socket", "rtu") if a.framer == "both" else (a.framer,))
+                   framers=("socket", "rtu") if a.framer == "both" else (a.framer,),
+                   peers=tuple(dict.fromkeys(a.peer)), nodered_dir=a.nodered_dir,
+                   workers=tuple(int(n) for n in a.workers.split(",")) if a.workers else ())
     return run(spec, opts)
 
 

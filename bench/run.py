@@ -57,6 +57,9 @@ class Options:
     framers: tuple[Framer, ...] = ("socket",)  # fleets, one after the other: "socket" (Modbus TCP), "rtu"
     out: str | None = None
     json_out: str | None = None
+    peers: tuple[str, ...] = ()  # other pollers run on the same fleet after ours: "nodered"
+    nodered_dir: str | None = None  # the Node-RED install cache (default: bench.nodered.default_cache_dir())
+    workers: tuple[int, ...] = ()  # POLL_WORKERS of each poller run, side by side (empty: the poller's default)
 
 
 def say(text: str) -> None:
@@ -107,10 +110,30 @@ class BenchVictoriaMetrics(VictoriaMetrics):
 # /proc readings of the poller process
 
 
-def proc_cpu_s(pid: int) -> float:
+def proc_cpu_s(pid: int, children: bool = True) -> float:
+    """utime + stime of the process and (children) of its live children: the poller's worker
+    processes (POLL_WORKERS); cutime/cstime would count only the children already reaped."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    if not children:
+        return own
+    for child in proc_children(pid):
+        try:
+            own += proc_cpu_s(child, children=False)
+        except OSError:  # it just exited
+            pass
+    return own
+
+
+def proc_children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            pass
+    return kids
 
 
 def proc_mem_kb(pid: int) -> tuple[int, int]:
@@ -144,7 +167,7 @@ def poller_tree(patch: str | None, work: Path) -> Path:
 
 
 def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opts: Options,
-               work: Path, vm: BenchVictoriaMetrics, stored_before: int) -> dict[str, Any]:
+               work: Path, vm: BenchVictoriaMetrics, stored_before: int, workers: int | None = None) -> dict[str, Any]:
     log_path = work / f"poller-{label}.log"
     cron = "* * * * * *" if opts.every_s == 1 else f"* * * * * */{opts.every_s}"
     # spool and /metrics as the service has them, in the bench's own places
@@ -152,6 +175,8 @@ def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opt
                         "POLL_HTTP_PORT": str(free_port())})
     if tree != ROOT:
         penv["PYTHONPATH"] = f"{tree}{os.pathsep}{ROOT}"
+    if workers is not None:
+        penv["POLL_WORKERS"] = str(workers)
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "poller", "--env-file", "/nonexistent"],
                                 cwd=tree, env=penv, stdout=logf, stderr=subprocess.STDOUT)
@@ -181,6 +206,7 @@ def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opt
                         say(f"[{label}] cycle {len(samples)}: {raw.split('cycle: ', 1)[1]}")
             time.sleep(0.02)
         hwm_kb = proc_mem_kb(proc.pid)[1]
+        tree_kb = sum(proc_mem_kb(c)[0] for c in [proc.pid, *proc_children(proc.pid)])
         if opts.profile_s > 0:
             profile_file = work / f"profile-{label}.txt"
             say(f"[{label}] profiling with py-spy for {opts.profile_s:g} s")
@@ -226,6 +252,8 @@ def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opt
         "cpu_s_per_cycle": (last["cpu_s"] - first["cpu_s"]) / max(1, len(window)),
         "readings_per_s": readings / max(1e-9, last["t"] - first["t"]),
         "rss_mb": hwm_kb / 1024,
+        "rss_tree_mb": tree_kb / 1024,  # the poller's process and its children (worker processes), at the end
+        "workers": workers,
         "rss_start_mb": first["rss_kb"] / 1024,
         "rss_end_mb": last["rss_kb"] / 1024,
         "rss_growth_pct": 100.0 * (last["rss_kb"] - first["rss_kb"]) / first["rss_kb"],
@@ -248,6 +276,7 @@ def run(spec: FleetSpec, opts: Options) -> int:
     work = Path(opts.out) if opts.out else Path(tempfile.mkdtemp(prefix="emm-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     say(f"fleet: {spec.describe()}; framing {', '.join(FRAMER_TITLES[f] for f in opts.framers)}; logs in {work}")
+    peer_setup = _install_peers(opts)  # before anything runs: a missing npm fails the run at once
     fleet_proc: subprocess.Popen[str] | None = None
     vm = BenchVictoriaMetrics()
     per_framer: list[dict[str, Any]] = []
@@ -261,7 +290,7 @@ def run(spec: FleetSpec, opts: Options) -> int:
             for framer in opts.framers:
                 fleet_proc, ports = _start_fleet(spec, framer)
                 pg.psql(DB, input=seed_sql(spec, ports, framer))
-                result, stored = _measure(spec, opts, work, env, pg, vm, framer, stored)
+                result, stored = _measure(spec, opts, work, env, pg, vm, framer, stored, ports, peer_setup)
                 fleet_stats = _stop_fleet(fleet_proc)
                 fleet_proc = None
                 result["fleet_requests_served"] = fleet_stats.get("requests")
@@ -278,9 +307,61 @@ def run(spec: FleetSpec, opts: Options) -> int:
     if opts.json_out:
         Path(opts.json_out).write_text(json.dumps(result, indent=1) + "\n")
     print(line, flush=True)
-    ok = all(r["readings"] == r["readings_logged"] and not r["not_written"]
-             for r in [result, *result.get("variants", {}).values()])
-    return 0 if ok else 1
+    fleets = [result, *result.get("variants", {}).values()]
+    ok = all(r["readings"] == r["readings_logged"] and not r["not_written"] for r in fleets)
+    peer_errors = [f"{name} ({FRAMER_TITLES[r.get('framer', 'socket')]} fleet): {p['error']}"
+                   for r in fleets for name, p in r.get("peers", {}).items() if p.get("error")]
+    for err in peer_errors:
+        say(f"bench: peer {err}")
+    return 0 if ok and not peer_errors else 1
+
+
+def _install_peers(opts: Options) -> dict[str, Any]:
+    """Each asked-for peer's installation (versions, where), done before the run; SystemExit if it fails."""
+    setup: dict[str, Any] = {}
+    if "nodered" in opts.peers:
+        from . import nodered
+
+        try:
+            setup["nodered"] = nodered.ensure_installed(Path(opts.nodered_dir) if opts.nodered_dir else None)
+        except nodered.NodeRedError as e:
+            raise SystemExit(f"bench: --peer nodered: {e}") from None
+    return setup
+
+
+def _run_nodered(spec: FleetSpec, opts: Options, work: Path, pg: Any, ports: list[int], versions: dict[str, str],
+                 planned_requests: int) -> dict[str, Any]:
+    """Node-RED's flow on this fleet, the requests the poller plans for the meters in energy_meters."""
+    from poller.store import load_configuration
+
+    from . import nodered
+    from .fleet import DEVICE_TYPE
+
+    with pg.connect(DB) as conn:
+        config = load_configuration(conn)
+    conn.close()
+    gateways = nodered.gateways_of(m for m in config.meters if m.device_type.name == DEVICE_TYPE)
+    try:
+        requests = sum(len(reqs) for _, _, reqs in gateways)
+        if requests != planned_requests:
+            raise nodered.NodeRedError(f"the flow would send {requests} requests a round, the floor sends "
+                                       f"{planned_requests}")
+        fleet_index = {port: i for i, port in enumerate(ports)}  # the fleet's gateway g serves its values
+        return nodered.run_nodered(
+            gateways, cycles=opts.cycles, warmup=opts.warmup, every_s=opts.every_s, work=work, versions=versions,
+            expected_sample=lambda g: nodered.fleet_sample(spec, fleet_index[gateways[g][1]]))
+    except nodered.NodeRedError as e:
+        say(f"[nodered] FAILED: {e}")
+        return {"peer": "Node-RED + node-red-contrib-modbus", "error": str(e).split("\n", 1)[0],
+                "versions": {k: versions[k] for k in ("node", "node-red", "node-red-contrib-modbus")}}
+
+
+def peer_ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | None]:
+    """ours / theirs for the figures both have (below 1: ours is faster, leaner)."""
+    pairs = {"cycle": ("cycle_s", "round_s"), "cycle_p95": ("cycle_p95_s", "round_p95_s"),
+             "cpu_per_reading": ("cpu_us_per_reading", "cpu_us_per_reading"), "rss": ("rss_mb", "rss_mb")}
+    return {name: (ours[a] / theirs[b] if ours.get(a) is not None and theirs.get(b) else None)
+            for name, (a, b) in pairs.items()}
 
 
 def _start_fleet(spec: FleetSpec, framer: Framer) -> tuple[subprocess.Popen[str], list[int]]:
@@ -323,10 +404,12 @@ def _stop_fleet(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 
 def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg: Any,
-             vm: BenchVictoriaMetrics, framer: Framer = "socket", stored: int = 0) -> tuple[dict[str, Any], int]:
-    """Floor, poller (and patched copy), naive, against the fleet now in energy_meters.
+             vm: BenchVictoriaMetrics, framer: Framer = "socket", stored: int = 0, ports: list[int] | None = None,
+             peer_setup: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
+    """Floor, poller (and patched copy), peers, naive, against the fleet now in energy_meters.
 
     `stored`: readings already in VictoriaMetrics; returned with this fleet's added.
+    `ports`: the fleet's (for the peers); `peer_setup`: the peers to run and their installations.
     """
     # 1. floor: the same planned requests, bare pymodbus, its own process
     say(f"floor: {opts.floor_rounds} rounds of bare pymodbus, {FRAMER_TITLES[framer]}")
@@ -344,11 +427,14 @@ def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg
 
     # 2. the poller as in production, then a patched copy when asked
     variants: list[tuple[str, str | None]] = [(variant_label(framer, "poller"), opts.poller_patch)]
+    # --workers 0,2: the poller with each POLL_WORKERS, side by side (the first is `poller`)
+    workers_of = {variant_label(framer, "poller" if i == 0 else f"workers-{n}"): n for i, n in enumerate(opts.workers)}
+    variants += [(label, opts.poller_patch) for label in list(workers_of)[1:]]
     if opts.compare_patch:
         variants.append((variant_label(framer, "patched"), opts.compare_patch))
     results = []
     for label, patch in variants:
-        res = run_poller(label, poller_tree(patch, work), env, spec, opts, work, vm, stored)
+        res = run_poller(label, poller_tree(patch, work), env, spec, opts, work, vm, stored, workers_of.get(label))
         stored += res["readings"]
         res["cycle_vs_bound"] = res["cycle_s"] / lower_bound
         res["cycle_vs_network_bound"] = res["cycle_s"] / network_bound
@@ -357,7 +443,20 @@ def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg
         res["framer"] = framer
         results.append(res)
 
-    # 3. the original design over a subset, after the stored counts are checked
+    # 3. peers: other pollers on the same fleet, after ours (the same fleet process)
+    peers: dict[str, Any] = {}
+    for name, setup in (peer_setup or {}).items():
+        if name != "nodered":
+            continue
+        if framer != "socket":
+            say(f"[nodered] the Node-RED peer runs on the Modbus TCP fleet only; not on {FRAMER_TITLES[framer]}")
+            continue
+        peer = _run_nodered(spec, opts, work, pg, ports or [], setup, floor["requests_per_round"])
+        if "error" not in peer:
+            peer["ours_vs_theirs"] = peer_ratios(results[0], peer)
+        peers[name] = peer
+
+    # 4. the original design over a subset, after the stored counts are checked
     naive: dict[str, Any] = {}
     if opts.naive_gateways > 0:
         import psycopg2
@@ -400,6 +499,8 @@ def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg
         "naive_registers": naive.get("registers"),
         "naive_vs_cycle": (naive["naive_s"] / main["cycle_s"]) if naive else None,
     }
+    if peers:
+        out["peers"] = peers
     if len(results) > 1:
         out["variants"] = {r["label"]: {k: v for k, v in r.items() if k != "label"} for r in results[1:]}
     return out, stored
@@ -412,9 +513,10 @@ def report(spec: FleetSpec, opts: Options, r: dict[str, Any]) -> str:
     parts = [f"\nFleet: {spec.describe()}; {r['cycles']} cycles, every {opts.every_s} s, first {opts.warmup} "
              "left out of timings."]
     for f in fleets:
-        patched = [(f"{k} ({v['patch']})", v) for k, v in variants.items()
+        patched = [(f"{k} ({v['patch'] or 'POLL_WORKERS=' + str(v.get('workers'))})", v) for k, v in variants.items()
                    if "network_bound_s" not in v and v.get("framer", "socket") == f.get("framer", "socket")]
-        parts.append(_fleet_report(spec, f, [("poller/", f), *patched], title=len(fleets) > 1))
+        main_col = "poller/" if f.get("workers") is None else f"poller/ (POLL_WORKERS={f['workers']})"
+        parts.append(_fleet_report(spec, f, [(main_col, f), *patched], title=len(fleets) > 1))
     if len(fleets) > 1:
         parts.append("\nSide by side (same fleet size, same network bound, one run):")
         for f in fleets:
@@ -450,6 +552,7 @@ def _fleet_report(spec: FleetSpec, r: dict[str, Any], cols: list[tuple[str, dict
     row("readings stored (VictoriaMetrics) / logged", "readings", "{}")
     row("readings logged", "readings_logged", "{}")
     row("peak RSS (VmHWM)", "rss_mb", "{:.1f} MB")
+    row("RSS with worker processes (end)", "rss_tree_mb", "{:.1f} MB")
     row("RSS growth after warm-up", "rss_growth_pct", "{:+.2f} %", "", "< 5 %")
     framer = r.get("framer", "socket")
     naive = ""
@@ -466,5 +569,35 @@ def _fleet_report(spec: FleetSpec, r: dict[str, Any], cols: list[tuple[str, dict
         f"CPU floor {r['floor_cpu_s']:.3f} s [{pymodbus}, {r['planned_requests']} requests; its wall time "
         f"{r['floor_wall_s']:.3f} s]).",
         "", *rows, naive,
+        *[_peer_report(r, name, p) for name, p in r.get("peers", {}).items()],
         *[("\n" + profile.render(v["profile"], f"profile: {c}")) for c, v in cols if "profile" in v],
     ])
+
+
+def _peer_report(r: dict[str, Any], name: str, p: dict[str, Any]) -> str:
+    """Our poller beside a peer on the same fleet: cycle (tick -> last reading) against its round time."""
+    if p.get("error"):
+        return f"\nPeer {name}: FAILED: {p['error']}"
+    v = p["versions"]
+    head = (f"\nPeer {name}: Node-RED {v['node-red']} + node-red-contrib-modbus {v['node-red-contrib-modbus']} "
+            f"on Node.js {v['node']} ({p['flow']}; nothing stored), {p['rounds']} rounds, "
+            f"{p['rounds_measured']} measured.\n")
+    rows = ["| measure | poller/ | " + name + " | ours / theirs |", "|---|---:|---:|---:|"]
+    ratio = p.get("ours_vs_theirs", {})
+
+    def row(label: str, ours: str, theirs: str, fmt: str, key: str | None = None) -> None:
+        a, b = r.get(ours), p.get(theirs)
+        x = ratio.get(key) if key else None
+        rows.append(f"| {label} | {fmt.format(a) if a is not None else '-'} | "
+                    f"{fmt.format(b) if b is not None else '-'} | {f'{x:.2f} x' if x is not None else ''} |")
+
+    row("cycle, tick to last reading stored / decoded (median)", "cycle_s", "round_s", "{:.3f} s", "cycle")
+    row("cycle p95", "cycle_p95_s", "round_p95_s", "{:.3f} s", "cycle_p95")
+    row("cycle max", "cycle_max_s", "round_max_s", "{:.3f} s")
+    row("CPU per reading (its process)", "cpu_us_per_reading", "cpu_us_per_reading", "{:.2f} us", "cpu_per_reading")
+    row("CPU per cycle", "cpu_s_per_cycle", "cpu_s_per_round", "{:.3f} s")
+    row("readings per second sustained", "readings_per_s", "readings_per_s", "{:,.0f}")
+    row("readings stored / decoded, all cycles", "readings", "readings", "{}")
+    row("peak RSS (VmHWM)", "rss_mb", "rss_mb", "{:.1f} MB", "rss")
+    row("RSS growth after warm-up", "rss_growth_pct", "rss_growth_pct", "{:+.2f} %")
+    return head + "\n".join(rows)
