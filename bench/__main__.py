@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run_.add_argument("--workers", default=None,
                       help="POLL_WORKERS for the poller; a list (0,2) runs the poller once with each, side by side "
                            "(CPU per reading counts the worker processes too)")
+    run_.add_argument("--instances", type=int, default=0,
+                      help="instead of the run above: this many pollers with POLL_COORDINATION=postgres share the "
+                           "fleet, one is SIGKILLed (python -m bench.failover with this fleet; its own options there)")
     run_.add_argument("--out", default=None, help="directory for logs and profiles (default: a temp dir)")
     run_.add_argument("--json-out", default=None, help="also write the final JSON to this file")
     return p.parse_args(argv)
@@ -71,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.instances:
+        from . import failover
+
+        return failover.main(["--instances", str(a.instances), "--gateways", str(a.gateways), "--units",
+                              str(a.units), "--values", str(a.values), "--latency-ms", str(a.latency_ms),
+                              *(["--out", a.out] if a.out else [])])
     spec = FleetSpec(a.gateways, a.units, a.values, a.latency_ms)
     opts = Options(cycles=a.cycles, warmup=a.warmup, every_s=a.every_s, floor_rounds=a.floor_rounds,
                    naive_gateways=a.naive_gateways, profile_s=a.profile_s, poller_patch=a.poller_patch,
