@@ -4,6 +4,10 @@ A register's bytes are put into big-endian order (ABCD) first, then unpacked
 with `struct`; the host's endianness never plays a part.
 
     decode_raw(<float32 ABCD register>, [0x4366, 0x1999]) -> 230.10000610351562
+
+A whole block's reply is unpacked at once by its BlockLayout (the structs of
+each byte order, with explicit endianness, built once when the block is planned),
+which gives the same numbers as decode_raw value by value.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from itertools import repeat
 
 from .model import ByteOrder, DataType, ReadBlock, Register
 
-__all__ = ["DecodeError", "apply_scaling", "check_scale_factor", "decode_block_values", "decode_raw",
-           "encode_raw", "to_big_endian"]
+__all__ = ["BlockLayout", "DecodeError", "apply_scaling", "check_scale_factor", "decode_block_values",
+           "decode_raw", "encode_raw", "layout_of", "to_big_endian"]
 
 # SunSpec limits scale factors to -10..10; anything else is a broken reply.
 SCALE_FACTOR_RANGE = range(-10, 11)
@@ -121,6 +126,110 @@ def encode_raw(register: Register, raw: int | float) -> list[int]:
 # One precompiled big-endian unpacker per data type, chosen once (not a format string per value).
 _UNPACK_FROM = {dt: struct.Struct(">" + dt.struct_code).unpack_from for dt in DataType}
 
+# How each byte order is read by a struct over the whole block: (pack the words little-endian,
+# unpack the values little-endian). DCBA is the ABCD bytes read backwards; BADC swaps the bytes
+# of each word, which packing the words little-endian does; CDAB does both (its reversed words,
+# each packed little-endian, are the value's bytes backwards). A one-word value reads CDAB as
+# ABCD and DCBA as BADC, as to_big_endian does.
+_STRUCT_ORDER = {
+    ByteOrder.ABCD: (False, False), ByteOrder.DCBA: (False, True),
+    ByteOrder.BADC: (True, False), ByteOrder.CDAB: (True, True),
+}
+
+
+class BlockLayout:
+    """How a block's reply becomes its registers' raw numbers, worked out once per block.
+
+    The registers are unpacked by one precompiled `struct.Struct` per pass, with pad bytes over
+    the gaps: 30 contiguous float32 ABCD values are `Struct(">30f")` over the reply's bytes. A
+    pass holds values of one byte order, each after the one before; a second order or an
+    overlapping value opens another. plan.PlannedBlock builds its layout when it is planned.
+    """
+
+    __slots__ = ("words", "passes", "order", "plain", "ints", "linked", "names", "__weakref__")
+
+    def __init__(self, block: ReadBlock) -> None:
+        regs = block.registers
+        self.words = max((r.end for r in regs), default=block.address) - block.address  # the reply needed
+        lanes: list[_Lane] = []
+        for i, r in enumerate(regs):
+            orders = _STRUCT_ORDER[r.byte_order]
+            lane = next((ln for ln in lanes if ln.orders == orders and ln.end <= r.address), None)
+            if lane is None:
+                lane = _Lane(orders, block.address)
+                lanes.append(lane)
+            lane.add(i, r)
+        # (packer of the reply's words, unpacker of the values) per pass; None: a register starts
+        # before the block, which only the value-by-value reading reads (as it always has)
+        self.passes: tuple[tuple[struct.Struct, struct.Struct], ...] | None = None
+        if all(r.address >= block.address for r in regs):
+            self.passes = tuple((struct.Struct(f"{'<' if ln.orders[0] else '>'}{self.words}H"),
+                                 struct.Struct(("<" if ln.orders[1] else ">") + "".join(ln.codes)))
+                                for ln in lanes)
+        position = [i for ln in lanes for i in ln.registers]  # the register of each unpacked value
+        # where each register's value is among the unpacked ones; None: in the registers' order
+        self.order = (tuple(sorted(range(len(regs)), key=position.__getitem__))
+                      if position != sorted(position) else None)
+        # every value stored as it arrives: float(raw), when finite (apply_scaling's first case)
+        self.plain = all(r.scale_factor is None and r.not_available is None and r.scale == 1.0
+                         and r.offset == 0.0 for r in regs)
+        self.ints = any(not r.data_type.is_float for r in regs)  # raw numbers to make floats of
+        self.names = frozenset(r.measurement for r in regs)
+        # values that need another's raw number (a scale factor), or a name twice: read the blocks
+        # together, by measurement name, as decode_block_values always has
+        self.linked = len(self.names) < len(regs) or any(r.scale_factor is not None for r in regs)
+
+    def raws(self, words: Sequence[int]) -> Sequence[int | float] | None:
+        """The registers' raw numbers, in the block's order; None when the reply is too short."""
+        if self.passes is None or len(words) < self.words:
+            return None
+        flat: tuple[int | float, ...] = ()
+        for pack, unpack in self.passes:
+            if len(words) == self.words:
+                flat += unpack.unpack_from(pack.pack(*words))
+            else:  # a longer reply than the registers need: all of it packed, as before
+                flat += unpack.unpack_from(struct.pack(f"{pack.format[0]}{len(words)}H", *words))
+        if self.order is None:
+            return flat
+        return [flat[p] for p in self.order]
+
+
+class _Lane:
+    """One pass of BlockLayout being built: values of one byte order, each after the one before."""
+
+    __slots__ = ("orders", "end", "codes", "registers")
+
+    def __init__(self, orders: tuple[bool, bool], address: int) -> None:
+        self.orders, self.end = orders, address
+        self.codes: list[str] = []
+        self.registers: list[int] = []
+
+    def add(self, index: int, register: Register) -> None:
+        self.codes.append("x" * (2 * (register.address - self.end)) + register.data_type.struct_code)
+        self.end = register.end
+        self.registers.append(index)
+
+
+def layout_of(block: ReadBlock) -> BlockLayout:
+    """The block's layout: a planned block's own (plan.PlannedBlock), or one made now."""
+    layout = getattr(block, "layout", None)
+    return BlockLayout(block) if not isinstance(layout, BlockLayout) else layout
+
+
+def _raws_one_by_one(block: ReadBlock, words: Sequence[int]) -> list[int | float | None]:
+    """Each register's raw number read on its own; None for one past the end of a short reply."""
+    data = struct.pack(f">{len(words)}H", *words)  # the block's bytes, once
+    raws: list[int | float | None] = []
+    for reg in block.registers:
+        start = reg.address - block.address
+        if start + reg.data_type.words > len(words):
+            raws.append(None)  # a short reply: reported as "no data"
+        elif reg.byte_order is ByteOrder.ABCD:  # as on the wire: unpack in place
+            raws.append(_UNPACK_FROM[reg.data_type](data, 2 * start)[0])
+        else:
+            raws.append(decode_raw(reg, words, start))
+    return raws
+
 
 def decode_block_values(
     block_words: Sequence[tuple[ReadBlock, Sequence[int]]],
@@ -132,18 +241,50 @@ def decode_block_values(
     available" sentinel, broken or missing scale factor). Scale factors are
     looked up among all the blocks given, so a dependant only ever uses a
     scale factor read in the same cycle.
+
+    A block of plain values (no scale, offset, sentinel or scale factor: most
+    meters' registers) is unpacked whole and its values taken as they are,
+    when all are finite; anything else goes through apply_scaling value by value.
     """
+    values: list[tuple[int, Register, float]] = []
+    invalid: list[str] = []
+    earlier: list[frozenset[str]] = []  # the measurement names of the blocks before
+    for index, (block, words) in enumerate(block_words):
+        layout = layout_of(block)
+        if layout.linked or not all(map(layout.names.isdisjoint, earlier)):  # a scale factor, or a name twice
+            return _decode_linked(block_words)
+        earlier.append(layout.names)
+        raws = layout.raws(words)
+        if raws is not None and layout.plain:
+            plain = list(map(float, raws)) if layout.ints else raws
+            if math.isfinite(sum(plain)):  # no NaN or infinity among them
+                values.extend(zip(repeat(index), block.registers, plain))
+                continue
+        each: Sequence[int | float | None] = _raws_one_by_one(block, words) if raws is None else raws
+        for i, reg in enumerate(block.registers):
+            raw = each[i]
+            if raw is None:
+                invalid.append(f"{reg.measurement}: no data")
+                continue
+            try:
+                values.append((index, reg, apply_scaling(reg, raw)))
+            except DecodeError as exc:
+                invalid.append(str(exc))
+    return values, invalid
+
+
+def _decode_linked(
+    block_words: Sequence[tuple[ReadBlock, Sequence[int]]],
+) -> tuple[list[tuple[int, Register, float]], list[str]]:
+    """decode_block_values for blocks whose values need each other: raw numbers by measurement."""
     raws: dict[str, int | float] = {}
     for block, words in block_words:
-        data = struct.pack(f">{len(words)}H", *words)  # the block's bytes, once
-        for reg in block.registers:
-            start = reg.address - block.address
-            if start + reg.data_type.words > len(words):
-                continue  # a short reply: reported below as "no data"
-            if reg.byte_order is ByteOrder.ABCD:  # as on the wire: unpack in place
-                raws[reg.measurement] = _UNPACK_FROM[reg.data_type](data, 2 * start)[0]
-            else:
-                raws[reg.measurement] = decode_raw(reg, words, start)
+        got = layout_of(block).raws(words)
+        each: Sequence[int | float | None] = _raws_one_by_one(block, words) if got is None else got
+        for i, reg in enumerate(block.registers):
+            raw = each[i]
+            if raw is not None:
+                raws[reg.measurement] = raw
     sf_registers = {r.scale_factor for b, _ in block_words for r in b.registers if r.scale_factor}
     by_name = {r.measurement: r for b, _ in block_words for r in b.registers if r.measurement in sf_registers}
     values: list[tuple[int, Register, float]] = []

@@ -8,17 +8,51 @@ at addresses (value width in brackets)
     0[2] 2[2] 4[2] 10[1] 11[1] 200[2]  ->  (0, 6) (10, 2) (200, 2)
 
 and with max_gap=16 the first two blocks merge into (0, 12).
+
+Each block comes with its decode.BlockLayout, built once when it is planned (the
+precompiled structs that unpack its reply), so a cycle only runs them.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from .decode import BlockLayout
 from .model import MAX_REGISTERS_PER_READ, DeviceType, ReadBlock, Register
 
 
 class PlanError(ValueError):
     """The register map cannot be read with these limits."""
+
+
+# Layouts by (address, registers): the blocks of every meter of a device type share one (1000
+# meters of one type: one layout, not 1000 copies of the same structs), for as long as one is planned.
+_LAYOUTS: weakref.WeakValueDictionary[tuple[int, tuple[Register, ...]], BlockLayout] = weakref.WeakValueDictionary()
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class PlannedBlock(ReadBlock):
+    """A ReadBlock with the layout that decodes its reply, made from its own fields.
+
+    It equals any ReadBlock of the same function code, address and count, as a ReadBlock does.
+    """
+
+    layout: BlockLayout = field(init=False)
+
+    def __post_init__(self) -> None:
+        layout = _LAYOUTS.get((self.address, self.registers))
+        if layout is None:
+            layout = _LAYOUTS[self.address, self.registers] = BlockLayout(self)
+        object.__setattr__(self, "layout", layout)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ReadBlock):
+            return NotImplemented
+        return (self.function_code, self.address, self.count) == (other.function_code, other.address, other.count)
+
+    __hash__ = ReadBlock.__hash__
 
 
 def plan_reads(
@@ -56,10 +90,10 @@ def plan_reads(
             end = max(end, reg.end)
             continue
         if members:
-            blocks.append(ReadBlock(members[0].function_code, start, end - start, tuple(members)))
+            blocks.append(PlannedBlock(members[0].function_code, start, end - start, tuple(members)))
         members, start, end = [reg], reg.address, reg.end
     if members:
-        blocks.append(ReadBlock(members[0].function_code, start, end - start, tuple(members)))
+        blocks.append(PlannedBlock(members[0].function_code, start, end - start, tuple(members)))
     return tuple(blocks)
 
 
@@ -85,4 +119,4 @@ def split_block(block: ReadBlock) -> tuple[ReadBlock, ReadBlock]:
 def _tight(block: ReadBlock, registers: tuple[Register, ...]) -> ReadBlock:
     start = min(r.address for r in registers)
     end = max(r.end for r in registers)
-    return ReadBlock(block.function_code, start, end - start, registers)
+    return PlannedBlock(block.function_code, start, end - start, registers)

@@ -105,24 +105,28 @@ def reading_lines(keys: Mapping[int, str], decoded: Iterable[tuple[int, Register
 
     `keys`: series keys by register id (SeriesKeys.for_meter); `decoded`: (block
     index, register, finite value) as decode_block_values gives them; `times_ms`:
-    when each block was read. Built in one comprehension: it runs per reading.
+    when each block was read. Built in one comprehension: it runs per reading; each
+    block's ` <ms>` is formatted once, not once per line.
     """
-    return [f"{keys[reg.id]} value={value!r} {times_ms[index]}" for index, reg, value in decoded]
+    stamps = [f" {time_ms}" for time_ms in times_ms]
+    return [f"{keys[reg.id]} value={value!r}{stamps[index]}" for index, reg, value in decoded]
 
 
 class SeriesKeys:
-    """Caches series keys per meter; rebuilt when a meter object changes."""
+    """Caches series keys, and the status key, per meter; rebuilt when a meter object changes."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[Meter, dict[int, str]]] = {}
+        self._cache: dict[int, tuple[Meter, dict[int, str], str]] = {}
+
+    def _keys(self, meter: Meter) -> tuple[Meter, dict[int, str], str]:
+        cached = self._cache.get(meter.id)
+        if cached is None or cached[0] is not meter:
+            cached = (meter, {r.id: series_key(meter, r) for r in meter.device_type.registers}, status_key(meter))
+            self._cache[meter.id] = cached
+        return cached
 
     def for_meter(self, meter: Meter) -> dict[int, str]:
-        cached = self._cache.get(meter.id)
-        if cached is not None and cached[0] is meter:
-            return cached[1]
-        keys = {r.id: series_key(meter, r) for r in meter.device_type.registers}
-        self._cache[meter.id] = (meter, keys)
-        return keys
+        return self._keys(meter)[1]
 
     def forget_except(self, meter_ids: set[int]) -> None:
         for mid in [m for m in self._cache if m not in meter_ids]:
@@ -130,7 +134,7 @@ class SeriesKeys:
 
     def status_line(self, meter: Meter, result: MeterStatus) -> str:
         """The meter's `poller_status` point for one cycle (fields are floats, as `value` is)."""
-        key = status_key(meter)
+        key = self._keys(meter)[2]
         return (f"{key} up={1.0 if result.ok else 0.0},duration_s={result.duration_s!r},"
                 f"requests={float(result.requests)!r},errors={float(result.errors)!r},"
                 f"readings={float(result.readings)!r} {result.time_ms}")

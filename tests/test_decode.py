@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymodbus.client.mixin import ModbusClientMixin
 
@@ -261,3 +262,232 @@ def test_a_scale_factor_outside_the_blocks_read_is_named():
     block = ReadBlock(FunctionCode.READ_HOLDING_REGISTERS, 0, 1, (w,))
     values, invalid = decode_block_values([(block, [1234])])
     assert values == [] and invalid == ["W: scale factor W_SF was not read"]
+
+
+# --------------------------------------------------------------------------- the fast path against a reference
+# decode_block_values unpacks a whole block with precompiled structs and skips apply_scaling for
+# plain values; this is the straightforward form it replaced (one value at a time), kept here as
+# the reference: both must give the same values (same float, same repr), in the same order, and
+# the same messages, for any block, plan, reply and register map.
+
+_REFERENCE_UNPACK = {dt: struct.Struct(">" + dt.struct_code).unpack_from for dt in DataType}
+
+
+def reference_decode_block_values(block_words):
+    raws = {}
+    for block, words in block_words:
+        data = struct.pack(f">{len(words)}H", *words)
+        for r in block.registers:
+            start = r.address - block.address
+            if start + r.data_type.words > len(words):
+                continue
+            if r.byte_order is ByteOrder.ABCD:
+                raws[r.measurement] = _REFERENCE_UNPACK[r.data_type](data, 2 * start)[0]
+            else:
+                raws[r.measurement] = decode_raw(r, words, start)
+    sf_registers = {r.scale_factor for b, _ in block_words for r in b.registers if r.scale_factor}
+    by_name = {r.measurement: r for b, _ in block_words for r in b.registers if r.measurement in sf_registers}
+    values, invalid = [], []
+    for index, (block, _) in enumerate(block_words):
+        for r in block.registers:
+            raw = raws.get(r.measurement)
+            if raw is None:
+                invalid.append(f"{r.measurement}: no data")
+                continue
+            try:
+                sf = None
+                if r.scale_factor is not None:
+                    if r.scale_factor not in raws:
+                        raise DecodeError(f"{r.measurement}: scale factor {r.scale_factor} was not read")
+                    sf = check_scale_factor(by_name[r.scale_factor], raws[r.scale_factor])
+                values.append((index, r, apply_scaling(r, raw, sf)))
+            except DecodeError as exc:
+                invalid.append(str(exc))
+    return values, invalid
+
+
+def outcome(decode, block_words):
+    """What a decoder makes of the blocks: values as (block, register id, type, repr), or its error."""
+    try:
+        values, invalid = decode(block_words)
+    except Exception as exc:  # the reference's own errors (a register before its block's start) count too
+        return type(exc), str(exc)
+    return [(i, id(r), type(v), repr(v)) for i, r, v in values], invalid
+
+
+# Words that make the interesting values: NaN, infinities, zero, -0.0, sentinels, sign bits.
+WORD = st.one_of(st.integers(0, 0xFFFF), st.sampled_from([0x0000, 0xFFFF, 0x8000, 0x7FFF, 0x7FC0, 0x7F80, 0xFF80,
+                                                          0xFFC0, 0x7FF0, 0xFFF0, 0x7FF8, 0x0001, 0x000A]))
+NAMES = ["a", "b", "c", "d", "e", "f", "g", "a_SF", "b_SF", "W_SF"]
+
+
+@st.composite
+def registers(draw, rid):
+    data_type = draw(st.sampled_from(list(DataType)))
+    lo, hi = data_type.raw_range or (-1e6, 1e6)
+    plain = draw(st.booleans())
+    return Register(
+        rid, "t", draw(st.integers(0, 24)), draw(st.sampled_from(NAMES) if not plain else st.just(f"r{rid}")), None,
+        data_type, draw(st.sampled_from([FunctionCode.READ_HOLDING_REGISTERS, FunctionCode.READ_INPUT_REGISTERS])),
+        draw(st.sampled_from(list(ByteOrder))),
+        scale=1.0 if plain else draw(st.sampled_from([1.0, 1, 0.1, 0.01, 10.0, -1.0, 2.5, 1e-05, 100 / 65535])),
+        offset=0.0 if plain else draw(st.sampled_from([0.0, -0.0, -40.0, 1.5])),
+        scale_factor=None if plain else draw(st.none() | st.sampled_from(NAMES[7:] + ["missing"])),
+        not_available=None if plain else draw(st.none() | st.sampled_from([0, 65535, -32768, -1, 0.0, lo, hi])),
+    )
+
+
+@st.composite
+def replies(draw, blocks):
+    """Each block's reply: usually complete, sometimes longer, or cut short at a register's start
+    or end, or one word before or after it."""
+    out = []
+    for b in blocks:
+        cuts = {r.address - b.address + d for r in b.registers for d in (0, r.words - 1, r.words, r.words + 1)}
+        n = draw(st.sampled_from([b.count] * 4 + [b.count + 2] + sorted(c for c in cuts if 0 <= c < b.count)))
+        out.append((b, draw(st.lists(WORD, min_size=n, max_size=n))))
+    return out
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=14, unique=True).flatmap(
+           lambda ids: st.tuples(*(registers(rid) for rid in ids))),
+       st.integers(1, 125), st.integers(0, 8), st.booleans(), st.data())
+def test_planned_blocks_decode_as_the_reference_does(regs, max_block, max_gap, one_per_value, data):
+    from poller.plan import PlanError, plan_reads
+
+    try:
+        blocks = plan_reads(regs, max_block, max_gap, one_per_value)
+    except PlanError:
+        return
+    block_words = data.draw(replies(blocks))
+    assert outcome(decode_block_values, block_words) == outcome(reference_decode_block_values, block_words)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 30), st.lists(st.integers(0, 10**6), max_size=8, unique=True)),
+                min_size=1, max_size=3), st.data())
+def test_blocks_made_by_hand_decode_as_the_reference_does(specs, data):
+    """Blocks not made by the planner: registers in any order, overlapping, outside the block."""
+    blocks = []
+    for address, ids in specs:
+        regs = tuple(data.draw(registers(rid)) for rid in ids)
+        count = data.draw(st.integers(0, 30))
+        blocks.append(ReadBlock(FunctionCode.READ_HOLDING_REGISTERS, address, count, regs))
+    block_words = data.draw(replies(blocks))
+    assert outcome(decode_block_values, block_words) == outcome(reference_decode_block_values, block_words)
+
+
+@given(st.sampled_from(list(DataType)), st.sampled_from(list(ByteOrder)), st.integers(1, 30), st.data())
+def test_a_block_of_one_type_and_order_decodes_as_the_reference_does(data_type, order, n, data):
+    """The planner's block of n contiguous values (the meters' common case), every type and order."""
+    from poller.plan import plan_reads
+
+    regs = [reg(data_type, order, address=10 + i * data_type.words, name=f"v{i}") for i in range(n)]
+    (block,) = plan_reads([replace(r, id=i) for i, r in enumerate(regs)])
+    words = data.draw(st.lists(WORD, min_size=block.count, max_size=block.count))
+    got = outcome(decode_block_values, [(block, words)])
+    assert got == outcome(reference_decode_block_values, [(block, words)])
+    assert len(got[0]) + len(got[1]) == n
+    # and the lines written of them, byte for byte: `<key> value=<repr of the float> <ms>`
+    from poller.sink import reading_lines
+
+    keys = {r.id: f"v{r.id},meter=1" for r in block.registers}
+    lines = reading_lines(keys, decode_block_values([(block, words)])[0], [1_700_000_000_123])
+    assert lines == [f"{keys[r.id]} value={v!r} 1700000000123" for _, r, v in
+                     reference_decode_block_values([(block, words)])[0]]
+
+
+def test_a_reply_cut_at_a_value_s_last_word_still_has_that_value():
+    a, b, c = reg(DataType.UINT16, name="a"), reg(DataType.UINT16, address=1, name="b"), reg(
+        DataType.FLOAT32, C, address=2, name="c")
+    block = ReadBlock(FunctionCode.READ_HOLDING_REGISTERS, 0, 4, (a, b, c))
+    for words, kept in (([1, 2, 0x199A], [1.0, 2.0]), ([1, 2], [1.0, 2.0]), ([1], [1.0])):
+        values, invalid = decode_block_values([(block, words)])
+        assert [v for _, _, v in values] == kept and invalid == ["b: no data", "c: no data"][len(kept) - 1:]
+
+
+@pytest.mark.parametrize(("register", "value"), [
+    (reg(DataType.INT16, scale=2.0), 14.0), (reg(DataType.INT16, offset=1.0), 8.0),
+    (reg(DataType.INT16, offset=-0.5), 6.5), (reg(DataType.INT16, scale=0.1), 0.7),
+    (reg(DataType.INT16, not_available=7), None), (reg(DataType.INT16, not_available=8), 7.0),
+])
+def test_a_block_of_one_scaled_value_is_scaled(register, value):
+    """A value with a scale, an offset or a sentinel is never taken as it arrives."""
+    values, invalid = decode_block_values([(ReadBlock(FunctionCode.READ_HOLDING_REGISTERS, 0, 1, (register,)), [7])])
+    assert ([v for _, _, v in values], len(invalid)) == (([value], 0) if value is not None else ([], 1))
+
+
+# The promises of the fast path, pinned (they change no value, so only this sees them): a planned
+# block's reply is unpacked whole with the layout made when it was planned, and its plain values
+# are taken as they arrive; scaled ones go through apply_scaling, but not value by value unpacking.
+
+def never(*args, **kwargs):
+    raise AssertionError("the value-by-value path")
+
+
+def fast_only(monkeypatch, scaled_too=False):
+    import poller.decode
+
+    for name in ("_raws_one_by_one", "decode_raw", *(() if scaled_too else ("apply_scaling",))):
+        monkeypatch.setattr(poller.decode, name, never)
+    monkeypatch.setattr(poller.decode.BlockLayout, "__init__", never)
+
+
+def planned(regs, max_gap=0):
+    from poller.plan import plan_reads
+
+    return plan_reads([replace(r, id=i) for i, r in enumerate(regs)], max_gap=max_gap)
+
+
+def test_plain_values_of_every_type_and_order_are_unpacked_whole(monkeypatch):
+    regs, words, expected = [], [], []
+    for data_type in DataType:
+        for order in ByteOrder:
+            regs.append(reg(data_type, order, address=len(words), name=f"{data_type.name}_{order}"))
+            value = -2.5 if data_type.is_float else (data_type.raw_range[1] - 5)
+            words += encode_raw(regs[-1], value)
+            expected.append(value)
+    (block,) = planned(regs)
+    assert len(block.layout.passes) == 4 and block.layout.order is not None  # one pass per byte order
+    fast_only(monkeypatch)
+    for reply in (words, words + [0xFFFF, 0xFFFF]):  # a longer reply is unpacked whole too
+        values, invalid = decode_block_values([(block, reply)])
+        assert invalid == [] and [(r.measurement, v) for _, r, v in values] == [
+            (r.measurement, float(e)) for r, e in zip(regs, expected, strict=True)]
+        assert all(type(v) is float for _, _, v in values)
+
+
+def test_a_meter_s_blocks_of_plain_values_are_unpacked_whole(monkeypatch):
+    """Two blocks, with gaps, as a meter's plan has them: one pass each, already in order."""
+    regs = [reg(DataType.FLOAT32, address=a, name=f"f{a}") for a in (0, 2, 6, 100, 104)]
+    blocks = planned(regs, max_gap=4)
+    assert [(b.address, b.count, len(b.layout.passes), b.layout.order) for b in blocks] == [
+        (0, 8, 1, None), (100, 6, 1, None)]
+    words = [0x4366, 0x199A] * 4, [0xC49A, 0x5000, 0, 0, 0x4059, 0]
+    fast_only(monkeypatch)
+    values, invalid = decode_block_values(list(zip(blocks, words, strict=True)))
+    assert invalid == [] and [(i, v) for i, _, v in values] == [
+        (0, 230.10000610351562), (0, 230.10000610351562), (0, 230.10000610351562), (1, -1234.5), (1, 3.390625)]
+
+
+def test_scaled_and_scale_factor_blocks_are_unpacked_whole_too(monkeypatch):
+    w = reg(DataType.INT16, address=0, name="W", scale_factor="W_SF")
+    w_sf = reg(DataType.INT16, address=1, name="W_SF")
+    volts = reg(DataType.UINT16, address=10, name="V", scale=0.1)
+    linked, scaled = planned([w, w_sf, volts])
+    fast_only(monkeypatch, scaled_too=True)
+    assert decode_block_values([(scaled, [2301])]) == ([(0, scaled.registers[0], 230.1)], [])
+    values, invalid = decode_block_values([(linked, [1234, 0xFFFF]), (scaled, [2301])])
+    assert invalid == [] and [v for _, _, v in values] == [123.4, -1.0, 230.1]
+
+
+def test_a_block_made_by_hand_is_laid_out_by_address_whatever_the_order_of_its_registers():
+    from poller.decode import BlockLayout
+
+    regs = tuple(reg(DataType.FLOAT32, address=a, name=f"f{a}") for a in (4, 0, 2))
+    block = ReadBlock(FunctionCode.READ_HOLDING_REGISTERS, 0, 6, regs)
+    layout = BlockLayout(block)
+    assert (len(layout.passes), layout.words) == (2, 6)  # 4, then 0 and 2: one pass would go back
+    values, _ = decode_block_values([(block, [0x4366, 0x199A, 0xC49A, 0x5000, 0x4059, 0])])
+    assert [(r.address, v) for _, r, v in values] == [(4, 3.390625), (0, 230.10000610351562), (2, -1234.5)]

@@ -152,3 +152,37 @@ def test_a_device_type_is_planned_with_its_own_limits_and_quirk():
     # a one-register gap is read through; a block stops at 3 registers
     assert spans(plan_device(dtype)) == [(3, 0, 3), (3, 3, 2)]
     assert spans(plan_device(replace(dtype, single_value_reads=True))) == [(3, 0, 1), (3, 2, 1), (3, 3, 1), (3, 4, 1)]
+
+
+def test_a_planned_block_carries_the_layout_that_decodes_it():
+    """plan_reads builds each block's decode.BlockLayout once; the blocks of meters of one type
+    (the same registers at the same address) share one, a split half has its own."""
+    from poller.decode import BlockLayout, decode_block_values
+
+    regs = [reg(a, DataType.FLOAT32) for a in range(0, 8, 2)]
+    (block,) = plan_reads(regs)
+    (again,) = plan_reads(regs)
+    assert isinstance(block.layout, BlockLayout) and again.layout is block.layout
+    assert len(block.layout.passes) == 1 and block.layout.words == 8
+    words = [0x4366, 0x199A, 0, 0, 0xC49A, 0x5000, 0x4059, 0]
+    assert [v for _, _, v in decode_block_values([(block, words)])[0]] == [230.10000610351562, 0.0, -1234.5, 3.390625]
+    first, second = split_block(block)
+    assert (first.address, first.layout.words, second.address, second.layout.words) == (0, 4, 4, 4)
+    assert first.layout is not block.layout and second.layout is not first.layout
+    assert [v for _, _, v in decode_block_values([(second, words[4:])])[0]] == [-1234.5, 3.390625]
+    moved = replace(block, address=2, count=6, registers=block.registers[1:])
+    assert moved.layout is not block.layout and moved.layout.words == 6
+
+
+def test_a_planned_block_is_a_read_block_as_before():
+    """Equal, with equal hashes, to the ReadBlock of the same function code, address and count
+    (whatever registers: they never took part), unequal to any other."""
+    from poller.model import ReadBlock
+
+    (block,) = plan_reads([reg(3), reg(4)])
+    same = ReadBlock(HR, 3, 2, ())
+    assert block == same and same == block and hash(block) == hash(same) and {same: 1}[block] == 1
+    assert not block != same
+    for other in (ReadBlock(IR, 3, 2, ()), ReadBlock(HR, 4, 2, ()), ReadBlock(HR, 3, 1, ())):
+        assert block != other and other != block
+    assert block != (3, 3, 2) and str(block) == "fc3 3..4"

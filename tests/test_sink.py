@@ -246,6 +246,54 @@ def test_series_keys_are_built_once_per_meter_and_forgotten_with_it() -> None:
     assert rebuilt == first_four and rebuilt is not first_four
 
 
+
+def test_a_status_line_follows_a_meter_whose_row_changed() -> None:
+    """status_line runs for every meter in every cycle, as for_meter does: it carries the tags of
+    the Meter object it is given, so a reloaded row's new description shows from the next cycle,
+    and a forgotten meter's status key is built afresh."""
+    keys = SeriesKeys()
+    meter = Meter(3, "gw", 502, 1, DTYPE, description="old")
+    status = Status(True, 0.5, 1, 0, 1, T0)
+    tail = " up=1.0,duration_s=0.5,requests=1.0,errors=0.0,readings=1.0 1700000000000"
+    assert keys.status_line(meter, status) == status_key(meter) + tail
+    assert "description=old," in keys.status_line(meter, status)
+    moved = replace(meter, description="new")
+    assert keys.status_line(moved, status) == status_key(moved) + tail
+    keys.forget_except(set())
+    assert keys.status_line(meter, status) == status_key(meter) + tail
+    assert keys.for_meter(meter) == {REG.id: series_key(meter, REG)}
+
+
+def test_status_line_fields_are_floats_written_as_python_writes_them() -> None:
+    keys = SeriesKeys()
+    meter = Meter(3, "gw", 502, 1, DTYPE)
+    line = keys.status_line(meter, Status(False, 1e-05, 12, 3, 0, 7))
+    assert line == (status_key(meter) + " up=0.0,duration_s=1e-05,requests=12.0,errors=3.0,readings=0.0 7")
+
+
+def reference_reading_lines(keys, decoded, times_ms):
+    """reading_lines as it was first written: the straightforward form the fast one must equal."""
+    return [f"{keys[reg.id]} value={value!r} {times_ms[index]}" for index, reg, value in decoded]
+
+
+VALUES = st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                   st.floats(allow_nan=False, allow_infinity=False, width=32),
+                   st.integers(-(2**63), 2**64).map(float),
+                   st.sampled_from([0.0, -0.0, 5e-324, 1e16, 1e-05, 0.0001, 123456789012345680.0, 1e22]))
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4), VALUES), max_size=40),
+       st.lists(st.integers(0, 2**63), min_size=4, max_size=4))
+def test_reading_lines_equal_the_straightforward_form(decoded, times):
+    """Byte for byte: the series key, ` value=`, repr of the float, a space, the block's time."""
+    regs = {rid: replace(REG, id=rid, measurement=f"m{rid}") for rid in range(1, 5)}
+    meter = Meter(3, "gw", 502, 1, DeviceType("sdm 630", tuple(regs.values())), description="a b")
+    keys = SeriesKeys().for_meter(meter)
+    rows = [(index, regs[rid], value) for index, rid, value in decoded]
+    assert reading_lines(keys, rows, times) == reference_reading_lines(keys, rows, times)
+    assert reading_lines(keys, iter(rows), times[:1] * 4) == reference_reading_lines(keys, rows, times[:1] * 4)
+
+
 # --------------------------------------------------------------------------- through the v2 API
 
 
