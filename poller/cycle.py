@@ -245,20 +245,22 @@ class Poller:
                 # the bus's meters share its connection: it waits the longest pause any of them needs
                 connect_pause = max(m.device_type.connect_pause_s for m in meters)
                 fence = None if self.fence is None else functools.partial(self.fence, address)
+                loop = asyncio.get_running_loop()
                 for i, meter in enumerate(meters):
-                    result = await self._poll_one(bus, meter, connect_pause, fence)
+                    result, read = await self._poll_one(bus, meter, connect_pause, fence)
                     results.append(result)
+                    # Decoded once the next meter's request is on its way: the bus's next request goes out
+                    # the moment this reply is in, and the decoding fills the wait for the next reply (a
+                    # callback scheduled now runs after the steps already due, e.g. other buses' replies).
+                    loop.call_soon(self._finish, meter, result, read)
                     if result.handed_off:
                         # the lease ended: what was read before is kept; the bus's other meters and
                         # their status points are the new owner's
-                        self.readings.put(result.lines)
                         results.extend(MeterResult(m, handed_off=True, time_ms=result.time_ms) for m in meters[i + 1:])
                         break
-                    if self.status_points:
-                        result.lines.append(self.keys.status_line(meter, result))
-                    self.readings.put(result.lines)
                 if any(m.device_type.close_after_poll for m in meters):
                     bus.close()  # the quirk of devices that allow one client: the next poll reconnects
+                await asyncio.sleep(0)  # the last _finish runs before the bus counts as done
         finally:
             self._busy.discard(address)
             if bus is not None and self.buses.get(address) is not bus:
@@ -267,50 +269,53 @@ class Poller:
             self._busy_reported.discard(address)
         return results
 
-    async def _poll_one(self, bus: Bus, meter: Meter, connect_pause: float,
-                        fence: Callable[[], float] | None) -> MeterResult:
+    async def _poll_one(self, bus: Bus, meter: Meter, connect_pause: float, fence: Callable[[], float] | None,
+                        ) -> tuple[MeterResult, list[tuple[ReadBlock, list[int], int]]]:
+        """Read one meter (not decoded yet: `_finish`); its health follows the outcome."""
+        read: list[tuple[ReadBlock, list[int], int]] = []
+        started = time.monotonic()
         if self.health.backing_off(meter):
-            return MeterResult(meter, backed_off=True, time_ms=time.time_ns() // 1_000_000)
+            return MeterResult(meter, backed_off=True, time_ms=time.time_ns() // 1_000_000), read
+        result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
         try:
-            result = await self.poll_meter(bus, meter, connect_pause, fence)
+            await self._read_blocks(bus, meter, result, read, connect_pause, fence)
         except asyncio.CancelledError:
+            # the service is stopping: what was read so far is handed over before the cancellation goes on
+            result.duration_s = time.monotonic() - started
+            self._decode(meter, result, read)
+            self.readings.put(result.lines)
             raise
         except Exception as exc:  # a bug: contained to this meter, logged with its traceback once
-            if meter.id not in self._crashed:
-                self._crashed.add(meter.id)
-                log.exception("%s: internal error while polling (a bug; please report it)", meter)
-            result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
-            result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+            self._crashed_while(meter, exc, result)
+            read.clear()
             bus.close()  # its state is unknown now
+        result.duration_s = time.monotonic() - started
         if isinstance(result.error, NotOwner):
             result.error, result.handed_off = None, True  # not the device's failure
         elif result.ok:
             self.health.ok(meter)
         else:
             self.health.failed(meter, str(result.error))
-        return result
+        return result, read
 
-    async def poll_meter(self, bus: Bus, meter: Meter, connect_pause: float,
-                         fence: Callable[[], float] | None = None) -> MeterResult:
-        """Read a meter's blocks, splitting any the device refuses; decode what arrived.
+    def _crashed_while(self, meter: Meter, exc: Exception, result: MeterResult) -> None:
+        if meter.id not in self._crashed:
+            self._crashed.add(meter.id)
+            log.error("%s: internal error while polling (a bug; please report it)", meter, exc_info=exc)
+        result.error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
 
-        Readings of the blocks read before a failure are kept: they were read.
-        If the cycle is cancelled (the service is stopping) in the middle of a
-        meter, what was read so far is handed over before the cancellation goes on.
-        `connect_pause`: the bus's, the longest any of its meters needs. `fence`: the bus's
-        (Poller.fence for this bus).
-        """
-        result = MeterResult(meter, time_ms=time.time_ns() // 1_000_000)
-        started = time.monotonic()
-        read: list[tuple[ReadBlock, list[int], int]] = []
+    def _finish(self, meter: Meter, result: MeterResult, read: list[tuple[ReadBlock, list[int], int]]) -> None:
+        """Decode what was read, add the status point, hand the meter's lines over (never raises: a
+        callback's exception would only reach the event loop's log)."""
         try:
-            await self._read_blocks(bus, meter, result, read, connect_pause, fence)
-        except asyncio.CancelledError:
-            self._decode(meter, result, read, started)
-            self.readings.put(result.lines)
-            raise
-        self._decode(meter, result, read, started)
-        return result
+            self._decode(meter, result, read)
+        except Exception as exc:  # a bug: this meter fails, the others go on
+            self._crashed_while(meter, exc, result)
+            result.lines, result.readings = [], 0
+            self.health.failed(meter, str(result.error))
+        if self.status_points and not result.handed_off:
+            result.lines.append(self.keys.status_line(meter, result))
+        self.readings.put(result.lines)
 
     async def _read_blocks(self, bus: Bus, meter: Meter, result: MeterResult,
                            read: list[tuple[ReadBlock, list[int], int]], connect_pause: float,
@@ -348,14 +353,12 @@ class Poller:
             self._plans[meter.id] = (meter, tuple(kept))
             log.info("%s: read plan adjusted to %d requests after the device refused a block", meter, len(kept))
 
-    def _decode(self, meter: Meter, result: MeterResult, read: list[tuple[ReadBlock, list[int], int]],
-                started: float) -> None:
+    def _decode(self, meter: Meter, result: MeterResult, read: list[tuple[ReadBlock, list[int], int]]) -> None:
         keys = self.keys.for_meter(meter)
         values, invalid = decode_block_values([(block, words) for block, words, _ in read])
         result.invalid.extend(invalid)
         result.lines = reading_lines(keys, values, [time_ms for _, _, time_ms in read])
         result.readings = len(result.lines)
-        result.duration_s = time.monotonic() - started
 
     async def _read(self, bus: Bus, meter: Meter, block: ReadBlock, result: MeterResult,
                     connect_pause: float, fence: Callable[[], float] | None) -> list[int]:

@@ -157,6 +157,59 @@ def test_a_bug_in_one_meter_fails_that_meter_only_and_is_logged_once(caplog):
     assert status and all(" up=0.0," in ln for ln in status)
 
 
+def test_the_next_meters_request_goes_out_before_the_last_reply_is_decoded(monkeypatch):
+    """A bus's next request is sent the moment a reply is in; decoding that reply fills the wait
+    for the next one (what makes a cycle about as short as its slowest bus)."""
+    import poller.cycle as cycle
+
+    class WireBus(FakeBus):
+        async def read(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            words = await super().read(*args, **kwargs)  # the request is sent ...
+            await asyncio.sleep(0)  # ... and the reply waited for, as on a wire
+            return words
+
+    bus = WireBus()
+    seen_at_decode: list[int] = []
+    real = cycle.decode_block_values
+
+    def decode(blocks):  # type: ignore[no-untyped-def]
+        seen_at_decode.append(len(bus.requests))
+        return real(blocks)
+
+    monkeypatch.setattr(cycle, "decode_block_values", decode)
+    out = Lines()
+    report = asyncio.run(Poller(out, status_points=True, connect=bus).run_cycle([meter(1, 1), meter(2, 2),
+                                                                                  meter(3, 3)]))
+    per_meter = len(bus.requests) // 3
+    assert report.meters_ok == 3 and report.readings == 12 and len(out.lines) == 15
+    # meter 1 decoded once meter 2's first request was out, meter 2 once meter 3's was
+    assert seen_at_decode[:2] == [per_meter + 1, 2 * per_meter + 1], (seen_at_decode, per_meter)
+
+
+def test_a_bug_in_decoding_fails_that_meter_only_and_the_report_counts_it(monkeypatch, caplog):
+    import poller.cycle as cycle
+
+    real = cycle.decode_block_values
+
+    def decode(blocks):  # type: ignore[no-untyped-def]
+        if blocks and blocks[0][1][0] == 0 and len(decode.calls) == 1:  # the second meter of the cycle
+            decode.calls.append(1)
+            raise ZeroDivisionError("boom")
+        decode.calls.append(1)
+        return real(blocks)
+
+    decode.calls = []  # type: ignore[attr-defined]
+    monkeypatch.setattr(cycle, "decode_block_values", decode)
+    out = Lines()
+    with caplog.at_level("DEBUG", logger="poller"):
+        report = asyncio.run(Poller(out, status_points=True, connect=FakeBus()).run_cycle([meter(1, 1), meter(2, 2)]))
+    assert (report.meters_ok, report.meters_failed, report.readings) == (1, 1, 4), report
+    assert "internal error: ZeroDivisionError: boom" in str(report.results[1].error)
+    assert [r for r in caplog.records if r.exc_info and "internal error while polling" in r.getMessage()]
+    status = [ln for ln in out.lines if ln.startswith("poller_status") and "meter=2" in ln]
+    assert len(status) == 1 and " up=0.0," in status[0]
+
+
 def test_a_stop_in_the_middle_of_a_meter_keeps_what_it_read():
     bus = FakeBus(lambda n, block, unit: "hang" if block.address == 100 else None)
     out = Lines()
