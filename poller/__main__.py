@@ -30,6 +30,7 @@ log = logging.getLogger("poller")
 # On SIGTERM: requests under way get this long to finish (what they read is kept either
 # way), then the outbox gets Outbox.close_timeout_s to send; compose allows 20 s in all.
 STOP_CYCLES_S = 5.0
+HOLD_WRITES_S = 1.0  # the longest a cycle keeps its readings from InfluxDB (Outbox.hold), at most half an interval
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,7 +170,8 @@ class Service:
     def __init__(self, settings: Settings, dry_run: bool) -> None:
         self.settings = settings
         self.dry_run = dry_run
-        stale_after = settings.health_stale_s or max(60.0, 3 * cron_interval_s(settings.poll_cron))
+        self.interval_s = cron_interval_s(settings.poll_cron)
+        stale_after = settings.health_stale_s or max(60.0, 3 * self.interval_s)
         self.monitor = Monitor(stale_after)
         self.schedule = Schedule(settings.poll_cron)
         self.watcher = ConfigWatcher(ConfigSource(settings))
@@ -180,7 +182,7 @@ class Service:
         # several pollers (POLL_COORDINATION=postgres): the buses this instance holds the lease of
         self.leases: Leases | None = None
         if settings.coordination == "postgres":
-            heartbeat = heartbeat_s(settings.lease_s, cron_interval_s(settings.poll_cron))
+            heartbeat = heartbeat_s(settings.lease_s, self.interval_s)
             self.leases = Leases(settings, settings.lease_s, heartbeat)
 
     async def run(self) -> int:
@@ -293,11 +295,17 @@ class Service:
         due = self.schedule.due(meters, fired)
         if self.leases is not None:  # another instance polls the rest
             due = [m for m in due if self.leases.owns(m.bus)]
+        assert self.outbox is not None
+        # the readings go to InfluxDB once the cycle is over (or after HOLD_WRITES_S): writing them
+        # meanwhile would compete with the reading for the CPU (this process's, and InfluxDB's)
+        self.outbox.hold(min(HOLD_WRITES_S, self.interval_s / 2))
         try:
             report = await self.poller.run_cycle(due) if due else None
         except Exception:  # a bug must not stop the service: say so loudly, go on next tick
             log.exception("cycle at %s failed", tick.strftime("%H:%M:%S"))
             return
+        finally:
+            self.outbox.release()
         self.monitor.cycle_done(report)
         if report is not None:
             # since_tick: from the scheduled instant to the end of the cycle (its last reading handed over)

@@ -8,7 +8,10 @@ One queue, memory in front of disk, one sender:
 - put() is called from the asyncio loop. It only takes a lock that is never held across
   disk or network I/O, so it never waits for either.
 - The sender sends oldest first: from the spool while it holds anything, else from memory.
-  A memory batch goes when it is full, linger_s after its first line, or at flush().
+  A memory batch goes when it is full, linger_s after its first line, or at flush(); while
+  a cycle holds the outbox (hold()/release(), at most hold's `seconds`), memory batches wait
+  for the cycle to end, unless memory is more than half full, so writing (and InfluxDB's
+  work on what is written, on a shared host) does not compete with reading.
   While the spool is empty and InfluxDB answers, the disk is not touched.
 - The spooler moves the oldest memory batches to the spool when memory holds more than
   memory_points (InfluxDB slower than the readings arrive), during an outage (a write failed
@@ -137,6 +140,8 @@ class Outbox:
         self._memory_points = 0  # in self._memory
         self._put_total = 0
         self._flush_upto = 0
+        self._holders = 0  # cycles under way that asked memory batches to wait (hold)
+        self._held_until = 0.0  # time.monotonic() at which they go anyway
         self._inflight: _Chunk | None = None  # the sender's memory batch
         self._spilling: _Chunk | None = None  # the spooler's memory batch
         self._delay = retry_initial_s
@@ -175,6 +180,21 @@ class Outbox:
         except Exception:  # noqa: BLE001 - a bug here must not stop the cycle
             log.exception("outbox: handing over %d points failed", len(lines))
         self._emit()
+
+    def hold(self, seconds: float) -> None:
+        """A cycle starts: memory batches wait until it calls release(), for at most `seconds`
+        from now, unless memory is more than half full. Thread-safe; never raises."""
+        with self._cond:
+            self._holders += 1
+            self._held_until = max(self._held_until, time.monotonic() + seconds)
+
+    def release(self) -> None:
+        """The cycle that called hold() is over (however it ended)."""
+        with self._cond:
+            self._holders = max(0, self._holders - 1)
+            if not self._holders:
+                self._held_until = 0.0
+            self._cond.notify_all()
 
     def _put(self, lines: Sequence[str]) -> None:
         n = len(lines)
@@ -409,9 +429,12 @@ class Outbox:
                 return head
 
     def _ready_at(self, chunk: _Chunk) -> float:
-        if self._closing or len(chunk.lines) >= self.batch_points or chunk.first < self._flush_upto:
+        if self._closing or chunk.first < self._flush_upto:
             return 0.0
-        return chunk.born + self.linger_s
+        ready = 0.0 if len(chunk.lines) >= self.batch_points else chunk.born + self.linger_s
+        if self._holders and self._memory_points <= self.memory_points // 2:
+            ready = max(ready, self._held_until)  # a cycle is reading: after it (or the hold's end)
+        return ready
 
     def _write(self, lines: Sequence[str]) -> WriteError | None:
         try:

@@ -249,6 +249,50 @@ def test_a_lone_small_batch_goes_after_linger_not_at_the_next_cycle(influx):
     assert 0.35 <= arrived - put_at <= 1.2
 
 
+def test_a_held_outbox_sends_full_batches_once_the_cycle_releases_it(influx):
+    """While a cycle reads (hold), its readings wait for the cycle's end (release), so writing does
+    not compete with reading; nothing is lost and the order is kept."""
+    server = influx()
+    box = Outbox(server.sink(), None, batch_points=5, linger_s=60)
+    try:
+        box.hold(30)
+        box.put(lines(0, 12))
+        time.sleep(0.4)
+        assert server.requests == []  # two full batches, held
+        released = time.monotonic()
+        box.release()
+        wait_for(lambda: len(server.accepted) == 2, 5)
+        assert server.requests[0][0] - released < 1.0
+        assert box.flush(5)
+    finally:
+        box.close()
+    assert [(first, last) for _, first, last, _ in server.requests] == [(0, 4), (5, 9), (10, 11)]
+
+
+def test_a_hold_ends_by_itself_and_never_holds_a_filling_memory(influx):
+    """A cycle that never ends (a hung device) holds the readings at most hold's seconds; and
+    memory more than half full goes at once, held or not."""
+    server = influx()
+    box = Outbox(server.sink(), None, batch_points=5, linger_s=60, memory_points=20)
+    try:
+        box.hold(0.5)  # never released
+        held_at = time.monotonic()
+        box.put(lines(0, 5))
+        wait_for(lambda: server.accepted, 5)
+        assert server.requests[0][0] - held_at >= 0.45
+        box.hold(30)
+        box.put(lines(5, 20))  # 15 in memory: more than half of 20
+        wait_for(lambda: len(server.accepted) == 2, 5)  # held batches go while memory is over half full ...
+        time.sleep(0.4)
+        assert len(server.accepted) == 2  # ... and wait again once it is not
+        box.release()
+        box.release()
+        wait_for(lambda: len(server.accepted) == 4, 5)
+    finally:
+        box.close()
+    assert sum(last - first + 1 for _, first, last, _ in server.requests) == 20
+
+
 def test_full_batches_go_at_once_and_hold_at_most_batch_points(influx):
     server = influx()
     box = Outbox(server.sink(), None, batch_points=5, linger_s=60)
