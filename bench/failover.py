@@ -37,7 +37,8 @@ from poller.lease import GRACE_MARGIN_S, effective_lease_s, heartbeat_s
 from tests.servers import ROOT, free_port, postgres_cluster, project_env, stop_process
 
 from .fleet import FleetSpec, seed_sql
-from .run import DB, BenchVictoriaMetrics, _start_fleet, _stop_fleet, proc_cpu_s, say
+from .proc import proc_cpu_s, say
+from .run import DB, BenchVictoriaMetrics, _start_fleet, _stop_fleet
 
 READER, READER_PASSWORD = "emm_bench_poller", "bench-only-poller"
 

@@ -49,7 +49,7 @@ from poller.plan import plan_device
 from tests.servers import free_port
 
 from .fleet import DEVICE_TYPE, FleetSpec, register_map
-from .run import proc_cpu_s, proc_mem_kb, say
+from .proc import proc_cpu_s, proc_mem_kb, say
 
 # The newest releases that install from the npm registry and run on Node 20 (2026-11-27):
 # node-red 5.x needs Node >= 22.9; node-red-contrib-modbus 5.45.2 and later fetch a

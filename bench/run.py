@@ -23,6 +23,7 @@ from virtual_server.server import Framer
 from . import profile
 from .fleet import TRANSPORTS, FleetSpec, seed_sql
 from .naive import run_naive
+from .proc import proc_children, proc_cpu_s, proc_mem_kb, say
 
 # The poller's per-cycle line, read as key=value pairs so that fields added
 # later (backed_off=, busy_endpoints_skipped=) do not break the parse:
@@ -39,7 +40,6 @@ def parse_cycle(line: str) -> dict[str, float] | None:
     return fields
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DB = "emm_bench"
 FRAMER_TITLES = {"socket": "Modbus TCP", "rtu": "RTU over TCP"}
 
@@ -60,10 +60,6 @@ class Options:
     peers: tuple[str, ...] = ()  # other pollers run on the same fleet after ours: "nodered"
     nodered_dir: str | None = None  # the Node-RED install cache (default: bench.nodered.default_cache_dir())
     workers: tuple[int, ...] = ()  # POLL_WORKERS of each poller run, side by side (empty: the poller's default)
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def variant_label(framer: str, base: str) -> str:
@@ -104,47 +100,6 @@ class BenchVictoriaMetrics(VictoriaMetrics):
             if now == expected or time.monotonic() - since >= quiet_s or time.monotonic() > deadline:
                 return now
             time.sleep(1.0)
-
-
-# ---------------------------------------------------------------------------
-# /proc readings of the poller process
-
-
-def proc_cpu_s(pid: int, children: bool = True) -> float:
-    """utime + stime of the process and (children) of its live children: the poller's worker
-    processes (POLL_WORKERS); cutime/cstime would count only the children already reaped."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
-    if not children:
-        return own
-    for child in proc_children(pid):
-        try:
-            own += proc_cpu_s(child, children=False)
-        except OSError:  # it just exited
-            pass
-    return own
-
-
-def proc_children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:
-            pass
-    return kids
-
-
-def proc_mem_kb(pid: int) -> tuple[int, int]:
-    rss = hwm = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
-    return rss, hwm
 
 
 # ---------------------------------------------------------------------------
