@@ -31,10 +31,9 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from poller.lease import GRACE_MARGIN_S, effective_lease_s, heartbeat_s
-from tests.servers import ROOT, free_port, postgres_cluster, project_env, stop_process
+from tests.servers import ROOT, free_port, instance_pid, postgres_cluster, project_env, stop_process
 
 from .fleet import FleetSpec, seed_sql
 from .proc import proc_cpu_s, say
@@ -56,20 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--after-s", type=float, default=10.0, help="seconds after the takeover before the stop")
     p.add_argument("--out", default=None, help="directory for logs (default: a temp dir)")
     return p.parse_args(argv)
-
-
-def leases(pg: Any) -> dict[str, str | None]:
-    conn = pg.connect(DB)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT bus, CASE WHEN expires_at > now() THEN owner END FROM bus_leases")
-            return dict(cur.fetchall())
-    finally:
-        conn.close()
-
-
-def pid_of(owner: str | None) -> int | None:
-    return None if owner is None else int(owner.split(":")[-2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             share = math.ceil(spec.gateways / a.instances)
             deadline = time.monotonic() + 60
             while True:
-                owners = leases(pg)
-                counts = Counter(pid_of(o) for o in owners.values())
+                owners = pg.lease_owners(DB)
+                counts = Counter(instance_pid(o) for o in owners.values())
                 if len(owners) == spec.gateways and None not in counts and len(counts) == a.instances \
                         and max(counts.values()) <= share:
                     break
@@ -119,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_start = {p.pid: proc_cpu_s(p.pid) for p in procs}
             time.sleep(a.steady_s)
             victim = max(procs, key=lambda p: counts[p.pid])
-            victim_buses = {bus for bus, owner in owners.items() if pid_of(owner) == victim.pid}
+            victim_buses = {bus for bus, owner in owners.items() if instance_pid(owner) == victim.pid}
             cpu_victim = proc_cpu_s(victim.pid) - cpu_start[victim.pid]
             killed = time.time()
             victim.kill()
@@ -128,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             survivors = [p for p in procs if p is not victim]
             deadline = time.monotonic() + bound_s + 30
             while True:
-                owners = leases(pg)
-                if all(pid_of(owners.get(bus)) in {p.pid for p in survivors} for bus in victim_buses):
+                owners = pg.lease_owners(DB)
+                if all(instance_pid(owners.get(bus)) in {p.pid for p in survivors} for bus in victim_buses):
                     break
                 if time.monotonic() > deadline:
                     raise SystemExit("the victim's buses were not taken over")
@@ -137,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(a.after_s)
             ended = time.time()
             cpu = cpu_victim + sum(proc_cpu_s(p.pid) - cpu_start[p.pid] for p in survivors)
-            after = Counter(pid_of(o) for o in leases(pg).values())
+            after = Counter(instance_pid(o) for o in pg.lease_owners(DB).values())
             rcs = [stop_process(p, timeout=30) for p in survivors]
             series = vm.export('{__name__="poller_status_up"}', min_samples=1, timeout=20)
     finally:

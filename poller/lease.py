@@ -43,7 +43,7 @@ Takeover bound: an instance that dies has renewed last at most `heartbeat_s`
 before; its leases expire lease_s after that renewal, the others claim them at
 their next heartbeat (<= heartbeat_s later) and poll them from the next tick: at
 most lease_s + heartbeat_s + one poll interval after the death, and heartbeat_s is
-at most one poll interval (Settings), so within lease_s + 2 poll intervals.
+at most one poll interval (`heartbeat_s()`), so within lease_s + 2 poll intervals.
 
 Buses are identified by `bus_key`: the transport kind, host and port (serial: the
 device path). A serial bus is only meaningful across instances that see the same

@@ -58,6 +58,11 @@ def find_pg_bin(debian_root: Path = Path("/usr/lib/postgresql")) -> Path:
 PG_BIN = find_pg_bin()
 
 
+def instance_pid(owner: str | None) -> int | None:
+    """The process id in a poller instance's name (poller.lease.instance_name: host:pid:random)."""
+    return None if owner is None else int(owner.split(":")[-2])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,6 +128,17 @@ class Postgres:
 
         return psycopg2.connect(host="127.0.0.1", port=self.port, dbname=dbname,
                                 user=self.user, password=self.password)
+
+    def lease_owners(self, dbname: str) -> dict[str, str | None]:
+        """bus_leases (POLL_COORDINATION=postgres): bus -> the instance whose lease on it is still
+        valid (None: expired or given back)."""
+        conn = self.connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT bus, CASE WHEN expires_at > now() THEN owner END FROM bus_leases")
+                return dict(cur.fetchall())
+        finally:
+            conn.close()
 
     def configuration(self, dbname: str):  # type: ignore[no-untyped-def]
         """The configuration as the poller loads it from this database."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import start_module, stop_process
+from tests.servers import instance_pid, start_module, stop_process
 from virtual_server.server import SimulatedServer
 
 BUSES, UNITS = 12, 2
@@ -98,17 +98,6 @@ def transitions(seen: list[tuple[float, int]], since: float) -> list[tuple[str, 
     return out
 
 
-def leases(admin) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
-    """bus -> the owner of a lease that is still valid (None: expired or given back)."""
-    with admin.cursor() as cur:
-        cur.execute("SELECT bus, CASE WHEN expires_at > now() THEN owner END FROM bus_leases")
-        return dict(cur.fetchall())
-
-
-def pid_of(owner: str | None) -> int | None:
-    return None if owner is None else int(owner.split(":")[-2])
-
-
 @pytest.fixture
 def poller_login(postgres, database):  # type: ignore[no-untyped-def]
     """The poller's own login, as db/10-poller-role.sh makes it: a member of emm_reader, read-only
@@ -140,14 +129,12 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
     # one POLL_SPOOL_DIR for all, as replicas of one compose service share one volume
     env["POLL_SPOOL_DIR"] = str(tmp_path / "spool")
     procs = [start_module("poller", [], env, logs[i]) for i in range(3)]
-    admin = postgres.connect(database)
-    admin.autocommit = True
     bound_s = LEASE_S + 2 * INTERVAL_S  # README: lease + heartbeat (<= 1 interval) + the next tick
     try:
         # steady state: every bus held, each instance exactly its fair share (12 / 3)
         def shared_fairly(n: int):  # type: ignore[no-untyped-def]
-            owners = leases(admin)
-            counts = Counter(pid_of(o) for o in owners.values())
+            owners = postgres.lease_owners(database)
+            counts = Counter(instance_pid(o) for o in owners.values())
             return len(owners) == BUSES and None not in counts and len(counts) == n and \
                 max(counts.values()) <= math.ceil(BUSES / n) and counts
         counts = wait_until(lambda: shared_fairly(3), 30, "12 buses shared 4/4/4", procs)
@@ -160,7 +147,7 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
 
         # SIGKILL one: its buses are polled by the others within the bound
         victim = procs[0]
-        theirs = [bus for bus, owner in leases(admin).items() if pid_of(owner) == victim.pid]
+        theirs = [bus for bus, owner in postgres.lease_owners(database).items() if instance_pid(owner) == victim.pid]
         assert len(theirs) == 4
         ports = [int(bus.rsplit(":", 1)[1]) for bus in theirs]
         killed = time.time()
@@ -185,7 +172,7 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
         # on a bus it lost, not even the request that was next when it stopped
         paused = procs[1]
         trapped = next(fleet.buses[fleet.ports.index(int(bus.rsplit(":", 1)[1]))]
-                       for bus, owner in leases(admin).items() if pid_of(owner) == paused.pid)
+                       for bus, owner in postgres.lease_owners(database).items() if instance_pid(owner) == paused.pid)
         trapped.trap = paused.pid
         try:
             wait_until(lambda: trapped.trapped_at, 5, "the paused instance's next request", procs[1:])
@@ -203,9 +190,6 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
         postgres.stop()
         time.sleep(1)
         postgres.start()
-        admin.close()
-        admin = postgres.connect(database)
-        admin.autocommit = True
         wait_until(lambda: shared_fairly(2), 20, "12 buses shared again after the restart", procs[1:])
         settled = time.time()
         time.sleep(3)
@@ -213,7 +197,6 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
             per_second = Counter(int(t) for t, _ in seen if settled + 1 <= t < time.time() - 1)
             assert set(per_second.values()) == {UNITS}, f"bus {i} after the restart: {sorted(per_second.items())}"
     finally:
-        admin.close()
         rcs = [stop_process(p) for p in procs[1:]]
         fleet.close()
     texts = [log.read_text() for log in logs]

@@ -20,16 +20,6 @@ def make(postgres, database, lease_s: float = 3.0) -> Leases:  # type: ignore[no
     return Leases(from_env(postgres.env(database)), lease_s=lease_s, heartbeat_s=0.5)
 
 
-def owners(postgres, database) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
-    conn = postgres.connect(database)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT bus, CASE WHEN expires_at > now() THEN owner END FROM bus_leases")
-            return dict(cur.fetchall())
-    finally:
-        conn.close()
-
-
 def test_the_first_instance_takes_all_and_a_second_gets_its_share_after_the_grace(postgres, database):
     a, b = make(postgres, database), make(postgres, database)
     try:
@@ -70,7 +60,7 @@ def test_a_paused_instance_loses_its_buses_and_sends_on_none_of_them(postgres, d
         back = a.beat(wanted)  # the renewal finds the leases taken
         assert back.owned == 0 and back.lost == sorted(wanted)
         assert a.until(address) == 0.0 and a.shared.values[a.shared.slot(bus_key(address))] == 0.0
-        assert set(owners(postgres, database).values()) == {b.instance}
+        assert set(postgres.lease_owners(database).values()) == {b.instance}
     finally:
         a.close()
         b.close()
@@ -195,6 +185,6 @@ def test_a_lease_shorter_than_a_meters_reply_window_is_lengthened(postgres, data
         assert a.effective_lease_s == pytest.approx(5.0)
         time.sleep(0.5)  # one heartbeat later, just before the next renewal
         assert a.until(address) - time.monotonic() > 3.0 + 1.0
-        assert owners(postgres, database) == {bus_key(address): a.instance}
+        assert postgres.lease_owners(database) == {bus_key(address): a.instance}
     finally:
         a.close()

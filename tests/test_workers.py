@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -263,6 +264,14 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
+def sigterm_timed(proc: subprocess.Popen[bytes]) -> tuple[set[int], int, float]:
+    """SIGTERM the service: its descendants before, its exit code, and how long it took."""
+    children = descendants(proc.pid)
+    term = time.monotonic()
+    rc = stop_process(proc, timeout=30)
+    return children, rc, time.monotonic() - term
+
+
 def left_behind(pids: set[int], wait_s: float = 3.0) -> list[str]:
     """The command lines of those still running after `wait_s` (multiprocessing's resource tracker,
     a child too, exits a moment after the main process, when it sees its pipe close)."""
@@ -296,10 +305,7 @@ def test_two_workers_store_every_reading_and_serve_each_bus_over_one_connection(
         wait_for(lambda t: len(CYCLE.findall(t)) >= 6, log, proc)
         pids = worker_pids(log.read_text())
         assert len(pids) == 2 and set(pids.values()) <= descendants(proc.pid)
-        children = descendants(proc.pid)
-        term = time.monotonic()
-        rc = stop_process(proc, timeout=30)
-        stop_s = time.monotonic() - term
+        children, rc, stop_s = sigterm_timed(proc)
     finally:
         stop_process(proc)
         for server in servers:
@@ -386,10 +392,7 @@ def test_sigterm_stops_workers_mid_read_within_the_budget_and_leaves_no_process(
             os.kill(pid, signal.SIGINT)
         time.sleep(0.5)
         assert all(running(p) for p in pids.values()) and worker_pids(log.read_text()) == pids
-        children = descendants(proc.pid)
-        term = time.monotonic()
-        rc = stop_process(proc, timeout=30)
-        stop_s = time.monotonic() - term
+        children, rc, stop_s = sigterm_timed(proc)
     finally:
         stop_process(proc)
         for server in servers:
