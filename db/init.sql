@@ -155,9 +155,45 @@ CREATE TABLE registers (
     CONSTRAINT registers_address_fits
         CHECK (register_address + (CASE WHEN data_type IN (1, 4) THEN 1
                                         WHEN data_type IN (2, 3, 5) THEN 2
-                                        ELSE 4 END) - 1 <= 65535)
+                                        ELSE 4 END) - 1 <= 65535),
+    -- The counter guard (README, "Counters that never lie"); added after the first release,
+    -- so last, in the order db/upgrade.sql adds them. A 'counter' only ever grows (energy
+    -- totals): a reading that goes backwards, drops to zero or rises faster than
+    -- counter_max_rate (in data_unit per second) is not written. 'gauge': any value.
+    kind             text     NOT NULL DEFAULT 'gauge' CONSTRAINT registers_kind_check
+                                  CHECK (kind IN ('gauge', 'counter')),
+    counter_max_rate double precision CONSTRAINT registers_counter_max_rate_check
+                                  CHECK (counter_max_rate IS NULL
+                                         OR (counter_max_rate > 0 AND counter_max_rate < 'Infinity'))
 );
 CREATE INDEX registers_type_idx ON registers (type);
+
+-- ---------------------------------------------------------------------------
+-- Signatures (`emm scan`, README "Onboarding"): how a device family is recognised.
+-- A device matches a family when every signature row of the family reads and its
+-- value (decoded as data_type/byte_order, times scale) lies in [min_value, max_value].
+-- Read only by `emm scan`; the poller never reads this table.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE device_signatures (
+    id               serial   PRIMARY KEY,
+    type             text     NOT NULL REFERENCES device_types (name)
+                                  ON UPDATE CASCADE ON DELETE CASCADE,
+    register_address integer  NOT NULL CHECK (register_address BETWEEN 0 AND 65535),
+    function_code    smallint NOT NULL DEFAULT 3 REFERENCES function_codes (code),
+    data_type        smallint NOT NULL REFERENCES data_types (code),
+    byte_order       text     NOT NULL DEFAULT 'ABCD' REFERENCES byte_orders (name),
+    scale            double precision NOT NULL DEFAULT 1 CHECK (scale <> 'NaN' AND scale <> 0
+                                  AND scale > '-Infinity' AND scale < 'Infinity'),
+    min_value        double precision NOT NULL CHECK (min_value > '-Infinity' AND min_value < 'Infinity'),
+    max_value        double precision NOT NULL CHECK (max_value > '-Infinity' AND max_value < 'Infinity'),
+    description      text     NOT NULL,  -- what the register is, e.g. 'line voltage L1, V'
+    CHECK (min_value <= max_value),
+    CONSTRAINT device_signatures_16bit_byte_order
+        CHECK (data_type NOT IN (1, 4) OR byte_order IN ('ABCD', 'BADC'))
+);
+CREATE INDEX device_signatures_type_idx ON device_signatures (type);
+COMMENT ON TABLE device_signatures IS 'how `emm scan` recognises a device family: registers whose values must fall in a range';
 
 -- ---------------------------------------------------------------------------
 -- Change counter: every change to the configuration tables bumps it, so the
@@ -220,7 +256,7 @@ BEGIN
 END
 $$;
 GRANT SELECT ON data_types, function_codes, byte_orders, transports, device_types,
-                energy_meters, registers, config_version TO emm_reader;
+                energy_meters, registers, config_version, device_signatures TO emm_reader;
 -- the only tables the poller writes: its own coordination (POLL_COORDINATION=postgres)
 GRANT SELECT, INSERT, UPDATE, DELETE ON poller_instances, bus_leases TO emm_reader;
 

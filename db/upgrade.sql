@@ -92,6 +92,35 @@ CREATE TABLE IF NOT EXISTS bus_leases (
 COMMENT ON TABLE bus_leases IS 'which poller instance polls which bus, until when (poller/lease.py)';
 GRANT SELECT, INSERT, UPDATE, DELETE ON poller_instances, bus_leases TO emm_reader;
 
+-- 2026-11: the counter guard (README, "Counters that never lie") and scan signatures
+-- (README, "Onboarding")
+ALTER TABLE registers
+    ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'gauge'
+        CONSTRAINT registers_kind_check CHECK (kind IN ('gauge', 'counter')),
+    ADD COLUMN IF NOT EXISTS counter_max_rate double precision
+        CONSTRAINT registers_counter_max_rate_check CHECK (counter_max_rate IS NULL
+                                                         OR (counter_max_rate > 0 AND counter_max_rate < 'Infinity'));
+CREATE TABLE IF NOT EXISTS device_signatures (
+    id               serial   PRIMARY KEY,
+    type             text     NOT NULL REFERENCES device_types (name)
+                                  ON UPDATE CASCADE ON DELETE CASCADE,
+    register_address integer  NOT NULL CHECK (register_address BETWEEN 0 AND 65535),
+    function_code    smallint NOT NULL DEFAULT 3 REFERENCES function_codes (code),
+    data_type        smallint NOT NULL REFERENCES data_types (code),
+    byte_order       text     NOT NULL DEFAULT 'ABCD' REFERENCES byte_orders (name),
+    scale            double precision NOT NULL DEFAULT 1 CHECK (scale <> 'NaN' AND scale <> 0
+                                  AND scale > '-Infinity' AND scale < 'Infinity'),
+    min_value        double precision NOT NULL CHECK (min_value > '-Infinity' AND min_value < 'Infinity'),
+    max_value        double precision NOT NULL CHECK (max_value > '-Infinity' AND max_value < 'Infinity'),
+    description      text     NOT NULL,
+    CHECK (min_value <= max_value),
+    CONSTRAINT device_signatures_16bit_byte_order
+        CHECK (data_type NOT IN (1, 4) OR byte_order IN ('ABCD', 'BADC'))
+);
+CREATE INDEX IF NOT EXISTS device_signatures_type_idx ON device_signatures (type);
+COMMENT ON TABLE device_signatures IS 'how `emm scan` recognises a device family: registers whose values must fall in a range';
+GRANT SELECT ON device_signatures TO emm_reader;
+
 -- ALTER TABLE fires no trigger: tell running pollers to read the configuration again.
 UPDATE config_version SET version = version + 1, changed_at = now();
 

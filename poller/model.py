@@ -96,6 +96,9 @@ class Register:
     offset: float = 0.0
     scale_factor: str | None = None  # measurement of the register holding 10^sf
     not_available: int | float | None = None  # raw value meaning "no value"
+    # registers.kind = 'counter': a total that only grows; poller/counters.py guards it
+    counter: bool = False
+    counter_max_rate: float | None = None  # the largest plausible rise per second, in `unit`
 
     @property
     def words(self) -> int:

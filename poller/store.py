@@ -57,7 +57,8 @@ MEASUREMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # as db/init.sql's C
 TYPE_COLUMNS = ("name", "max_block", "max_gap", "timeout_s", "request_pause_ms",
                 "connect_pause_ms", "close_after_poll", "single_value_reads")
 REGISTER_COLUMNS = ("id", "type", "register_address", "measurement_name", "data_unit", "data_type",
-                    "function_code", "byte_order", "scale", "value_offset", "scale_factor", "not_available")
+                    "function_code", "byte_order", "scale", "value_offset", "scale_factor", "not_available",
+                    "kind", "counter_max_rate")
 METER_COLUMNS = ("id", "host", "port", "slave_address", "type", "description", "poll_cron", "enabled",
                  "transport", "baudrate", "parity", "stopbits", "bytesize")
 # Columns added after the first release (db/upgrade.sql adds them to an older database), and
@@ -65,13 +66,14 @@ METER_COLUMNS = ("id", "host", "port", "slave_address", "type", "description", "
 LATER_COLUMNS = {
     "device_types": {"connect_pause_ms": "0", "close_after_poll": "false", "single_value_reads": "false"},
     "energy_meters": {"transport": "'tcp'", "baudrate": "9600", "parity": "'N'", "stopbits": "1", "bytesize": "8"},
+    "registers": {"kind": "'gauge'", "counter_max_rate": "NULL"},
 }
 # The columns of the very tables the SELECTs read: the names resolved through search_path,
 # as the SELECTs resolve them (current_schema() could name another schema that lacks them).
 COLUMNS_SQL = """
     SELECT c.relname AS table_name, a.attname AS column_name
     FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-    WHERE a.attrelid IN ('device_types'::regclass, 'energy_meters'::regclass)
+    WHERE a.attrelid IN ('device_types'::regclass, 'energy_meters'::regclass, 'registers'::regclass)
       AND a.attnum > 0 AND NOT a.attisdropped"""
 
 
@@ -83,7 +85,7 @@ def _select(columns: Sequence[str], table: str, missing: frozenset[str] = frozen
 def _sql(missing: frozenset[str] = frozenset()) -> tuple[str, str, str, str, str]:
     """The SELECTs of a load: device types, registers, meters, and the same for some types."""
     types = _select(TYPE_COLUMNS, "device_types", missing)
-    registers = ", ".join(REGISTER_COLUMNS)
+    registers = _select(REGISTER_COLUMNS, "registers", missing)
     return (f"SELECT {types} FROM device_types ORDER BY name",
             f"SELECT {registers} FROM registers ORDER BY type, register_address, id",
             f"SELECT {_select(METER_COLUMNS, 'energy_meters', missing)} FROM energy_meters ORDER BY id",
@@ -285,6 +287,14 @@ def register_from_row(row: Mapping[str, Any]) -> Register:
     if scale_factor is not None and not isinstance(scale_factor, str):
         raise ValueError(f"{where()}: scale_factor {_short(repr(scale_factor))} is not a measurement_name")
     na = row.get("not_available")
+    kind = row.get("kind") or "gauge"
+    if kind not in ("gauge", "counter"):
+        raise ValueError(f"{where()}: kind {_short(repr(kind))} is unknown (gauge, counter)")
+    raw_rate = row.get("counter_max_rate")
+    rate = None if raw_rate is None else _number(raw_rate, lambda: f"{where()}: counter_max_rate")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"{where()}: counter_max_rate {rate!r} must be a finite number above 0 "
+                         "(the largest plausible rise per second, in data_unit), or NULL for no limit")
     return Register(
         id=rid,
         device_type=type_name,
@@ -298,6 +308,8 @@ def register_from_row(row: Mapping[str, Any]) -> Register:
         offset=offset,
         scale_factor=scale_factor,
         not_available=None if na is None else _not_available(na, data_type, where()),
+        counter=kind == "counter",
+        counter_max_rate=rate if kind == "counter" else None,  # a gauge has no rate to check
     )
 
 
@@ -633,7 +645,7 @@ def _missing_columns(query: Query) -> tuple[frozenset[str], list[str]]:
     names = ", ".join(f"{t}.{c}" for t, c in sorted(missing))
     return frozenset(c for _, c in missing), [
         f"the database predates db/upgrade.sql (no {names}): read as their defaults (Modbus TCP, "
-        "9600 8N1, no device quirks); run db/upgrade.sql (docker compose runs it at every `up`)"]
+        "9600 8N1, no device quirks, no counter guard); run db/upgrade.sql (docker compose runs it at every `up`)"]
 
 
 @dataclass(frozen=True)

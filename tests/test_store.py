@@ -621,7 +621,8 @@ def test_a_signalling_nan_is_reported_with_its_row(column, reason):
 
 # what the database's defaults put in the columns added after the first release
 LATER_DEFAULTS = {"connect_pause_ms": 0, "close_after_poll": False, "single_value_reads": False,
-                  "transport": "tcp", "baudrate": 9600, "parity": "N", "stopbits": 1, "bytesize": 8}
+                  "transport": "tcp", "baudrate": 9600, "parity": "N", "stopbits": 1, "bytesize": 8,
+                  "kind": "gauge", "counter_max_rate": None}
 
 
 class Tables:
@@ -644,8 +645,9 @@ class Tables:
     def query(self, sql: str, params) -> list[tuple]:
         assert isinstance(params, tuple), params  # Query's contract: a sequence, () when there are none
         if sql == store.COLUMNS_SQL:  # today's schema: every column there (not counted in `asked`)
-            return [("device_types", c) for c in store.TYPE_COLUMNS] + [("energy_meters", c)
-                                                                       for c in store.METER_COLUMNS]
+            return ([("device_types", c) for c in store.TYPE_COLUMNS]
+                    + [("energy_meters", c) for c in store.METER_COLUMNS]
+                    + [("registers", c) for c in store.REGISTER_COLUMNS])
         self.asked.append(sql)
         wanted = None if not params else set(params[0])
         types = [t for t in sorted(self.types, key=lambda t: t["name"]) if wanted is None or t["name"] in wanted]
@@ -662,7 +664,7 @@ class Tables:
             return [tuple(t.get(c, LATER_DEFAULTS.get(c)) for c in store.TYPE_COLUMNS) for t in types]
         if sql in (store.REGISTERS_SQL, store.REGISTERS_OF_SQL):
             self.register_rows += len(regs)
-            return [tuple(r.get(c) for c in store.REGISTER_COLUMNS) for r in regs]
+            return [tuple(r.get(c, LATER_DEFAULTS.get(c)) for c in store.REGISTER_COLUMNS) for r in regs]
         assert sql == store.METERS_SQL, sql
         return [tuple(m.get(c, LATER_DEFAULTS.get(c)) for c in store.METER_COLUMNS)
                 for m in sorted(self.meters, key=lambda m: m["id"])]
@@ -1127,6 +1129,8 @@ def _literal(sql: str):
     """What PostgreSQL gives for one of LATER_COLUMNS' SQL literals."""
     if sql in ("true", "false"):
         return sql == "true"
+    if sql == "NULL":
+        return None
     if sql.startswith("'") and sql.endswith("'"):
         return sql[1:-1]
     return int(sql)
@@ -1144,7 +1148,7 @@ class OldTables(Tables):
     def query(self, sql: str, params) -> list[tuple]:
         if sql == store.COLUMNS_SQL:
             return [row for row in super().query(sql, params) if row[1] not in self.missing]
-        if not sql.startswith("SELECT ") or " FROM registers" in sql:
+        if not sql.startswith("SELECT "):
             return super().query(sql, params)
         columns = sql[len("SELECT "):sql.index(" FROM ")].split(", ")
         names, literals = [], {}
@@ -1163,8 +1167,9 @@ ALL_LATER = frozenset(c for columns in store.LATER_COLUMNS.values() for c in col
 BEFORE_UPGRADE = (
     "the database predates db/upgrade.sql (no device_types.close_after_poll, device_types.connect_pause_ms, "
     "device_types.single_value_reads, energy_meters.baudrate, energy_meters.bytesize, energy_meters.parity, "
-    "energy_meters.stopbits, energy_meters.transport): read as their defaults (Modbus TCP, 9600 8N1, no device "
-    "quirks); run db/upgrade.sql (docker compose runs it at every `up`)")
+    "energy_meters.stopbits, energy_meters.transport, registers.counter_max_rate, registers.kind): read as their "
+    "defaults (Modbus TCP, 9600 8N1, no device quirks, no counter guard); run db/upgrade.sql (docker compose "
+    "runs it at every `up`)")
 
 
 def test_a_database_before_the_upgrade_reads_the_defaults_and_says_so_once():
