@@ -1,0 +1,116 @@
+"""How `emm scan` recognises a device family: the rows of `device_signatures`.
+
+A family's signature is a set of registers whose values must fall in a range (an
+SDM630's L1 voltage at 0x0000 between 100 and 300 V, a model code equal to 120).
+A device matches a family when every one of the family's rows reads and its value,
+decoded as the row says (data_type, byte_order, times scale), lies in
+[min_value, max_value]. A register the device refuses, or a timeout, is no match.
+
+When several families match, the one with the most rows wins (the most specific);
+families tied at the top are all named ("ambiguous"). Pure except for `identify`'s
+reads, which go through whatever `read` the caller gives (wire.Reader.read).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..decode import DecodeError, decode_raw
+from ..modbus import ModbusError
+from ..model import ByteOrder, DataType, FunctionCode, Register
+
+__all__ = ["SIGNATURE_COLUMNS", "Identification", "Signature", "identify", "signature_from_row", "signatures_by_type"]
+
+SIGNATURE_COLUMNS = ("type", "register_address", "function_code", "data_type", "byte_order", "scale",
+                     "min_value", "max_value", "description")
+
+# read(function_code, address, count, unit) -> words; raises ModbusError when the device does not answer
+Read = Callable[[int, int, int, int], Awaitable[list[int]]]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One row of device_signatures."""
+
+    type: str
+    address: int
+    function_code: FunctionCode
+    data_type: DataType
+    byte_order: ByteOrder
+    scale: float
+    min_value: float
+    max_value: float
+    description: str
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """What is read: (function code, address, register count)."""
+        return (int(self.function_code), self.address, self.data_type.words)
+
+    def register(self) -> Register:
+        """The row as a register, for the poller's own decoder."""
+        return Register(0, self.type, self.address, "signature", None, self.data_type, self.function_code,
+                        self.byte_order, self.scale)
+
+    def value(self, words: Sequence[int]) -> float | None:
+        """The row's value from its words, or None when they give no finite number."""
+        try:
+            raw = decode_raw(self.register(), words)
+        except DecodeError:
+            return None
+        value = float(raw) * self.scale
+        return value if math.isfinite(value) else None
+
+    def holds(self, words: Sequence[int]) -> bool:
+        value = self.value(words)
+        return value is not None and self.min_value <= value <= self.max_value
+
+
+def signature_from_row(row: Mapping[str, Any]) -> Signature:
+    """A Signature from a device_signatures row (the schema's CHECKs hold already)."""
+    return Signature(str(row["type"]), int(row["register_address"]), FunctionCode(row["function_code"]),
+                     DataType(row["data_type"]), ByteOrder(row["byte_order"]), float(row["scale"]),
+                     float(row["min_value"]), float(row["max_value"]), str(row["description"]))
+
+
+def signatures_by_type(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Signature, ...]]:
+    """Rows grouped by family, in the order given."""
+    families: dict[str, list[Signature]] = {}
+    for row in rows:
+        sig = signature_from_row(row)
+        families.setdefault(sig.type, []).append(sig)
+    return {name: tuple(sigs) for name, sigs in families.items()}
+
+
+@dataclass
+class Identification:
+    """What the signatures say of one unit id."""
+
+    families: list[str] = field(default_factory=list)  # the best matches: one, several (ambiguous) or none
+    answered: dict[tuple[int, int, int], list[int]] = field(default_factory=dict)  # what read, by key
+    refused: dict[tuple[int, int, int], str] = field(default_factory=dict)  # what did not, and why
+
+    @property
+    def family(self) -> str | None:
+        return self.families[0] if len(self.families) == 1 else None
+
+
+async def identify(families: Mapping[str, Sequence[Signature]], read: Read, unit: int) -> Identification:
+    """Read every register some family's signature needs (each once) and name the best match."""
+    result = Identification()
+    keys = sorted({sig.key for sigs in families.values() for sig in sigs})
+    for key in keys:
+        fc, address, count = key
+        try:
+            result.answered[key] = await read(fc, address, count, unit)
+        except ModbusError as exc:
+            result.refused[key] = str(exc)
+    matching = [(len(sigs), name) for name, sigs in families.items()
+                if sigs and all(sig.key in result.answered and sig.holds(result.answered[sig.key]) for sig in sigs)]
+    if matching:
+        best = max(n for n, _ in matching)
+        result.families = sorted(name for n, name in matching if n == best)
+    return result
