@@ -281,8 +281,12 @@ INSERT INTO registers (type, register_address, measurement_name, data_unit, data
     -- holding registers (function 3): scaled integers and the energy counter
     ('virtual_meter', 100, 'power_factor',     NULL,  1, 3, 0.001),
     ('virtual_meter', 101, 'temperature',      '°C',  1, 3, 0.1),
-    ('virtual_meter', 102, 'reactive_power',   'var', 2, 3, 1),
-    ('virtual_meter', 104, 'energy_import',    'Wh',  2, 3, 1);
+    ('virtual_meter', 102, 'reactive_power',   'var', 2, 3, 1);
+-- the energy total: a counter (README, "Counters that never lie"); the simulator's
+-- meter draws about 2.5 kW, 0.7 Wh/s, so 100 Wh/s is far above anything it does
+INSERT INTO registers (type, register_address, measurement_name, data_unit, data_type, function_code, scale,
+                       kind, counter_max_rate) VALUES
+    ('virtual_meter', 104, 'energy_import',    'Wh',  2, 3, 1, 'counter', 100);
 
 INSERT INTO energy_meters (host, port, slave_address, type, description) VALUES
     ('virtual_modbustcp_server', 502, 1, 'virtual_meter', 'Virtual meter (simulator)');

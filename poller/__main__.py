@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -145,7 +146,9 @@ async def run_once(settings: Settings, dry_run: bool) -> int:
     finally:
         source.close()
     outbox = make_outbox(settings, dry_run, spool=False)
-    poller = Poller(outbox, settings.max_parallel_endpoints, status_points=not dry_run)
+    # the counter guard's history: the service's, when this machine runs one (POLL_SPOOL_DIR)
+    counters = None if dry_run or not Path(settings.spool_dir).is_dir() else settings.spool_dir
+    poller = make_poller(outbox, replace(settings, workers=0), status_points=not dry_run, counters_dir=counters)
     try:
         report = await poller.run_cycle([m for m in config.meters if m.enabled])
         await asyncio.to_thread(outbox.flush)
@@ -195,7 +198,9 @@ class Service:
             await self.monitor.stop()
             return 2
         self.monitor.watch_outbox(self.outbox.stats)
-        self.poller = make_poller(self.outbox, self.settings, status_points=not self.dry_run, leases=self.leases)
+        spool = self.outbox.spool
+        self.poller = make_poller(self.outbox, self.settings, status_points=not self.dry_run, leases=self.leases,
+                                  counters_dir=None if spool is None else spool.dir)
         if isinstance(self.poller, WorkerPool):
             self.monitor.watch_workers(self.poller)
         if self.leases is not None:

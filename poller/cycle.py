@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .counters import CounterGuard, describe
 from .decode import decode_block_values
 from .modbus import BUSY_CODES, SPLIT_CODES, ExceptionReply, ModbusError, NotOwner
-from .model import BusAddress, Meter, ReadBlock
+from .model import BusAddress, Meter, ReadBlock, Register
 from .plan import plan_device, split_block
 from .sink import SeriesKeys, reading_lines
 from .transport import Bus, open_bus
@@ -47,6 +48,7 @@ class MeterResult:
     lines: list[str] = field(default_factory=list)
     readings: int = 0
     invalid: list[str] = field(default_factory=list)
+    counter_rejects: list[str] = field(default_factory=list)  # counters.REASONS of readings held back
     requests: int = 0
     errors: int = 0  # requests that failed (timeouts, exception replies, broken replies)
     error: ModbusError | None = None
@@ -146,13 +148,15 @@ class Poller:
 
     def __init__(self, readings: Readings, max_parallel_endpoints: int = 256, status_points: bool = True,
                  connect: Callable[[BusAddress], Bus] = open_bus,
-                 fence: Callable[[BusAddress], float] | None = None) -> None:
+                 fence: Callable[[BusAddress], float] | None = None, counters: CounterGuard | None = None) -> None:
         self.readings = readings
         self.status_points = status_points  # write a poller_status point per meter and cycle
         self.connect = connect
         # fence(bus): the monotonic time this instance's right to poll the bus ends (lease.py), read
         # by the bus just before each request; None: one poller, no end
         self.fence = fence
+        # counters.py: a counter reading that cannot be true is not written; None: no guard (tests)
+        self.counters = counters
         self.buses: dict[BusAddress, Bus] = {}
         self._plans: dict[int, tuple[Meter, tuple[ReadBlock, ...]]] = {}
         self.keys = SeriesKeys()
@@ -178,6 +182,8 @@ class Poller:
             del self._plans[mid]
         self.keys.forget_except(ids)
         self.health.forget_except(ids)
+        if self.counters is not None:
+            self.counters.forget_except(ids)
         self._crashed &= ids
         wanted = {m.bus for m in meters}
         for address in [a for a in self.buses if a not in wanted]:
@@ -187,6 +193,8 @@ class Poller:
         for bus in self.buses.values():
             bus.close()
         self.buses.clear()
+        if self.counters is not None:
+            self.counters.save(force=True)
 
     async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
         """Poll the meters, every bus in parallel; returns when all are read and handed over.
@@ -230,6 +238,8 @@ class Poller:
                 else:
                     report.meters_failed += 1
         report.duration_s = time.monotonic() - started
+        if self.counters is not None and (state := self.counters.snapshot()) is not None:
+            await asyncio.to_thread(self.counters.write, state)  # at most every counters.SAVE_EVERY_S
         return report
 
     async def _poll_bus(self, address: BusAddress, meters: list[Meter]) -> list[MeterResult]:
@@ -357,8 +367,27 @@ class Poller:
         keys = self.keys.for_meter(meter)
         values, invalid = decode_block_values([(block, words) for block, words, _ in read])
         result.invalid.extend(invalid)
-        result.lines = reading_lines(keys, values, [time_ms for _, _, time_ms in read])
+        times_ms = [time_ms for _, _, time_ms in read]
+        if self.counters is not None and meter.device_type.has_counters:
+            values = self._guard(self.counters, meter, result, values, times_ms)
+        result.lines = reading_lines(keys, values, times_ms)
         result.readings = len(result.lines)
+
+    @staticmethod
+    def _guard(counters: CounterGuard, meter: Meter, result: MeterResult,
+               values: list[tuple[int, Register, float]], times_ms: list[int]) -> list[tuple[int, Register, float]]:
+        """The values to write: a counter reading the guard holds back is counted with its reason."""
+        kept = []
+        for item in values:
+            index, reg, value = item
+            if reg.counter:
+                reason = counters.check(meter, reg, value, times_ms[index])
+                if reason is not None:
+                    result.counter_rejects.append(reason)
+                    result.invalid.append(f"{reg.measurement}: counter {describe(reason)} ({value!r})")
+                    continue
+            kept.append(item)
+        return kept
 
     async def _read(self, bus: Bus, meter: Meter, block: ReadBlock, result: MeterResult,
                     connect_pause: float, fence: Callable[[], float] | None) -> list[int]:

@@ -124,6 +124,10 @@ class DeviceType:
     connect_pause_s: float = 0.0  # wait after connecting before the first request (Huawei dongles)
     close_after_poll: bool = False  # close the connection once the bus's meters are read (one-client devices)
     single_value_reads: bool = False  # one request per value: the device refuses multi-register reads
+    has_counters: bool = field(init=False, repr=False, compare=False)  # any register a counter (counters.py)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "has_counters", any(r.counter for r in self.registers))
 
 
 class Transport(enum.StrEnum):

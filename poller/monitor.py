@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .counters import REASONS
 from .cycle import CycleReport
 from .lease import Leases
 from .model import Meter
@@ -60,8 +61,13 @@ class Monitor:
         self.last_cycle_ts = Gauge("emm_last_cycle_timestamp_seconds", "Unix time the last cycle completed",
                                    registry=r)
         self.readings = Counter("emm_readings", "Readings taken and handed to the sink", registry=r)
-        self.invalid = Counter("emm_invalid_readings", "Values not written (NaN, not available, refused)",
-                               registry=r)
+        self.invalid = Counter("emm_invalid_readings",
+                               "Values not written (NaN, not available, refused, counters held back)", registry=r)
+        self.counter_rejects = Counter("emm_counter_readings_rejected",
+                                       "Counter readings held back by the counter guard, by reason "
+                                       "(backwards, zero, too_fast)", ["reason"], registry=r)
+        for reason in REASONS:  # each reason's series from the start, at 0
+            self.counter_rejects.labels(reason)
         self.requests = Counter("emm_modbus_requests", "Modbus requests sent", registry=r)
         self.config_problems = Gauge("emm_configuration_problems", "Rows skipped in the configuration",
                                      registry=r)
@@ -134,6 +140,8 @@ class Monitor:
         self.requests.inc(report.requests)
         self.ticks_skipped.inc(report.buses_busy)
         for res in report.results:
+            for reason in res.counter_rejects:
+                self.counter_rejects.labels(reason).inc()
             if res.handed_off:
                 continue  # another instance holds its bus's lease now: up or not is its to say
             key = self._meter_series(res.meter)

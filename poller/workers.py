@@ -44,6 +44,7 @@ import itertools
 import logging
 import math
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -53,8 +54,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .counters import CounterGuard
 from .cycle import CycleReport, MeterResult, Poller, Readings
 from .lease import SharedFences, bus_key
 from .modbus import ModbusError
@@ -183,6 +186,7 @@ class WorkerOptions:
     status_points: bool = True
     log_level: int = logging.INFO
     fenced: bool = False  # POLL_COORDINATION=postgres: every request is fenced by its bus's lease
+    counters_dir: str | None = None  # where the counter guard keeps its state (the spool's directory)
 
 
 def worker_main(index: int, conn: Connection, fences: Any, options: WorkerOptions) -> None:
@@ -211,7 +215,8 @@ class _Worker:
         self.cycles: dict[int, asyncio.Task[None]] = {}
         self.gone = False  # the main process's end is closed: nothing more to send
         self.poller = Poller(self, options.max_parallel_endpoints, status_points=options.status_points,
-                             fence=self.fence if options.fenced else None)
+                             fence=self.fence if options.fenced else None,
+                             counters=counter_guard(options.counters_dir, f"counters-worker-{index}.json"))
         self.done: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.batch: list[str] = []  # lines put in this turn of the event loop, not sent yet
@@ -381,7 +386,7 @@ class WorkerPool:
 
     def __init__(self, readings: Readings, workers: int, max_parallel_endpoints: int = 256,
                  status_points: bool = True, fences: SharedFences | None = None,
-                 log_level: int | None = None) -> None:
+                 log_level: int | None = None, counters_dir: str | None = None) -> None:
         if workers < 1:
             raise ValueError("a WorkerPool needs at least one worker")
         self.readings = readings
@@ -390,7 +395,7 @@ class WorkerPool:
         self.options = WorkerOptions(
             max_parallel_endpoints=math.ceil(max_parallel_endpoints / workers), status_points=status_points,
             log_level=logging.getLogger().getEffectiveLevel() if log_level is None else log_level,
-            fenced=fences is not None)
+            fenced=fences is not None, counters_dir=counters_dir)
         self.shards = Shards(workers)
         self.restarts = 0
         self._loop = asyncio.get_running_loop()
@@ -632,14 +637,28 @@ def describe_exit(code: int | None) -> str:
 # Service's choice
 
 
+def counter_guard(directory: str | os.PathLike[str] | None, name: str = "counters.json") -> CounterGuard:
+    """The counter guard of one process: its state in `directory`/`name` (None: kept in memory only),
+    started from the newest value of every counter in any counters*.json there, so a counter moved
+    between the main process and a worker (POLL_WORKERS changed) keeps its history."""
+    if directory is None:
+        return CounterGuard()
+    guard = CounterGuard(Path(directory) / name)
+    guard.load(sorted(Path(directory).glob("counters*.json")))
+    return guard
+
+
 def make_poller(readings: Readings, settings: Settings, status_points: bool = True,
-                leases: Leases | None = None) -> Poller | WorkerPool:
-    """POLL_WORKERS=0: today's in-process Poller; N: a pool of N worker processes."""
+                leases: Leases | None = None, counters_dir: str | os.PathLike[str] | None = None,
+                ) -> Poller | WorkerPool:
+    """POLL_WORKERS=0: today's in-process Poller; N: a pool of N worker processes. `counters_dir`:
+    where the counter guard keeps its state (None: in memory only)."""
     if settings.workers <= 0:
         return Poller(readings, settings.max_parallel_endpoints, status_points=status_points,
-                      fence=None if leases is None else leases.until)
+                      fence=None if leases is None else leases.until, counters=counter_guard(counters_dir))
     return WorkerPool(readings, settings.workers, settings.max_parallel_endpoints, status_points=status_points,
-                      fences=None if leases is None else leases.shared)
+                      fences=None if leases is None else leases.shared,
+                      counters_dir=None if counters_dir is None else os.fspath(counters_dir))
 
 
 async def close_poller(poller: Poller | WorkerPool) -> None:
