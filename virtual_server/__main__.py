@@ -22,10 +22,12 @@ import time
 from poller.config import ConfigError, ConfigSource
 from poller.logsafe import setup_logging
 from poller.model import Register
+from poller.onboard.signatures import SIGNATURE_COLUMNS, Signature, signatures_by_type
 from poller.settings import SettingsError, from_env, load_env_file
 
 from .device import make_device
 from .server import Framer, SimulatedServer
+from .sunspec import sunspec_units
 
 log = logging.getLogger("virtual_server")
 
@@ -68,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="device type served at every unit id (default virtual_meter)")
     p.add_argument("--unit", action="append", default=[], metavar="ID=TYPE",
                    help="serve TYPE at unit ID only (repeatable); other unit ids get --device-type")
+    p.add_argument("--sunspec", action="append", default=[], metavar="UNIT=MODELS[@BASE]",
+                   help="serve a simulated SunSpec device at UNIT (repeatable), e.g. 1=1,103,120,160x2,203@40000 "
+                        "(160x2: two MPPT modules; BASE 0, 40000 or 50000); alone, without --unit or "
+                        "--device-type, it needs no database and other unit ids are not served")
     p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable values")
     p.add_argument("--frozen", action="store_true", help="values never change after start")
     p.add_argument("--strict", action="store_true",
@@ -114,13 +120,39 @@ async def start(server: SimulatedServer, args: argparse.Namespace) -> str | None
         return None
 
 
-async def load_types(wanted: set[str], stop: asyncio.Event) -> dict[str, tuple[Register, ...]] | None:
-    """Wait for the database, then the register map of every wanted type."""
+def read_signatures(source: ConfigSource, wanted: set[str]) -> dict[str, tuple[Signature, ...]]:
+    """The device_signatures rows of the wanted types (none from a database older than the table);
+    a plain SELECT on the configuration's own connection settings (the poller never reads them)."""
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(**source.dsn())
+    except psycopg2.Error as exc:
+        raise ConfigError(f"cannot read device_signatures from {source.where}: {' '.join(str(exc).split())}") from None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('device_signatures') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return {}
+            cur.execute(f"SELECT {', '.join(SIGNATURE_COLUMNS)} FROM device_signatures "
+                        "WHERE type = ANY(%s) ORDER BY type, id", (sorted(wanted),))
+            return signatures_by_type(dict(zip(SIGNATURE_COLUMNS, row, strict=True)) for row in cur.fetchall())
+    except psycopg2.Error as exc:
+        raise ConfigError(f"cannot read device_signatures from {source.where}: {' '.join(str(exc).split())}") from None
+    finally:
+        conn.close()
+
+
+async def load_types(wanted: set[str], stop: asyncio.Event
+                     ) -> dict[str, tuple[tuple[Register, ...], tuple[Signature, ...]]] | None:
+    """Wait for the database, then the register map and the signature rows of every wanted type."""
     source = ConfigSource(from_env())
+    signatures: dict[str, tuple[Signature, ...]] = {}
     try:
         while not stop.is_set():
             try:
                 config = await asyncio.to_thread(source.load)
+                signatures.update(await asyncio.to_thread(read_signatures, source, wanted))
                 break
             except ConfigError as exc:
                 log.warning("%s; trying again in 2 s", exc)
@@ -137,7 +169,7 @@ async def load_types(wanted: set[str], stop: asyncio.Event) -> dict[str, tuple[R
         known = ", ".join(sorted(config.device_types)) or "none"
         raise SystemExit(f"device type(s) {', '.join(missing)} not in the database or without registers "
                          f"(known: {known})")
-    return {t: config.device_types[t].registers for t in wanted}
+    return {t: (config.device_types[t].registers, signatures.get(t, ())) for t in wanted}
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -152,11 +184,16 @@ async def serve(args: argparse.Namespace) -> int:
         if not uid.isdigit() or not 0 <= int(uid) <= 255 or not tname:
             raise SystemExit(f"--unit {spec!r}: expected ID=TYPE with ID 0..255")
         unit_types[int(uid)] = tname
+    sunspec = sunspec_units(args.sunspec)
+    sunspec_only = bool(sunspec) and not unit_types and args.device_type == "virtual_meter"
     wanted = {args.device_type, *unit_types.values()}
-    maps = await load_types(wanted, stop)
+    maps = {} if sunspec_only else await load_types(wanted, stop)
     if maps is None:
         return 0
-    devices = {name: make_device(name, regs, args.seed) for name, regs in maps.items()}
+    try:
+        devices = {name: make_device(name, regs, args.seed, sigs) for name, (regs, sigs) in maps.items()}
+    except ValueError as exc:  # a signature row its own map contradicts
+        raise SystemExit(f"device_signatures: {exc}") from None
 
     # what each type serves now, encoded once per step rather than once per request
     served = {name: dev.words() for name, dev in devices.items()}
@@ -165,8 +202,8 @@ async def serve(args: argparse.Namespace) -> int:
         return lambda: served[name]
 
     server = SimulatedServer(
-        units={uid: bank(t) for uid, t in unit_types.items()},
-        default=bank(args.device_type),
+        units={**{uid: bank(t) for uid, t in unit_types.items()}, **{u: d.bank for u, d in sunspec.items()}},
+        default=None if sunspec_only else bank(args.device_type),
         latency_s=args.latency_ms / 1000.0,
         strict=args.strict,
         log_requests=args.log_requests,
@@ -174,7 +211,8 @@ async def serve(args: argparse.Namespace) -> int:
     where = await start(server, args)
     if where is None:
         return 2
-    log.info("serving %s over %s (%s)", ", ".join(sorted(devices)), where,
+    log.info("serving %s over %s (%s)", ", ".join([*sorted(devices), *(f"SunSpec unit {u}" for u in sunspec)]),
+             where,
              "frozen values" if args.frozen else "values change every second")
     last = time.monotonic()
     while not stop.is_set():

@@ -8,6 +8,15 @@ engineering value the simulator reports is exactly what a correct poller stores.
 The words are encoded here, independently of the poller's decoder (`encode`:
 pymodbus's conversion plus a byte swap), so a test that reads the simulator
 checks `poller.decode` against a second implementation, not against itself.
+
+A device may also carry its family's signature rows (device_signatures, what
+`emm scan` reads to recognise the family): each row's register is served with a
+value inside the row's range (the value itself when min == max, else the
+midpoint), so a scan of the simulator finds the family even with --strict. A row
+on a register the map serves already is not served twice: the map's value must
+fall in the row's range (a mains voltage in 100..300 V does); a unitless gauge of
+the same type that does not (a model id the map reads, simulated as 42) is held
+at the row's value; anything else refuses the device (ValueError) when made.
 """
 
 from __future__ import annotations
@@ -16,12 +25,13 @@ import math
 import random
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pymodbus.client.mixin import ModbusClientMixin
 
 from poller.model import ByteOrder, DataType, Register
+from poller.onboard.signatures import Signature
 
 # (nominal, relative noise) by lower-case unit; counters are handled apart.
 _NOMINAL = {
@@ -48,9 +58,11 @@ class _Cell:
 class VirtualDevice:
     """Register values of one simulated device type, changing over time unless frozen."""
 
-    def __init__(self, registers: Iterable[Register], seed: int | None = None) -> None:
+    def __init__(self, registers: Iterable[Register], seed: int | None = None,
+                 signatures: Iterable[Signature] = ()) -> None:
         self.rng = random.Random(seed)
         self.registers = tuple(registers)
+        self.signatures = tuple(signatures)
         names = {r.measurement for r in self.registers}
         sf_names = {r.scale_factor for r in self.registers if r.scale_factor in names}
         # Scale-factor registers carry a fixed power of ten: -1 for most values,
@@ -74,6 +86,35 @@ class VirtualDevice:
             self.cells[reg.measurement] = cell
         self.energy_wh = _COUNTER_START_WH
         self.step(0.0)
+        self.signature_words = self._signature_words()
+
+    def _signature_words(self) -> dict[tuple[int, int], int]:
+        """The words of the signature rows the map does not serve; ValueError when a row
+        falls on the map's registers and the map's value is outside its range, or when two
+        rows disagree."""
+        served = self._map_words()
+        extra: dict[tuple[int, int], int] = {}
+        for sig in self.signatures:
+            keys = [(int(sig.function_code), sig.address + i) for i in range(sig.data_type.words)]
+            on_map = [k in served for k in keys]
+            if all(on_map):
+                words = [served[k] for k in keys]
+                if not sig.holds(words) and self._pin(sig):  # an identification code the map also reads
+                    served = self._map_words()
+                    words = [served[k] for k in keys]
+                if not sig.holds(words):
+                    raise ValueError(f"{sig.type}: signature at fc{int(sig.function_code)} {sig.address} "
+                                     f"({sig.description}) reads {sig.value(words)!r} from the map's own "
+                                     f"register, outside {sig.min_value:g}..{sig.max_value:g}")
+                continue
+            if any(on_map):
+                raise ValueError(f"{sig.type}: signature at fc{int(sig.function_code)} {sig.address} "
+                                 f"({sig.description}) straddles a register of the map")
+            words = signature_words(sig)
+            for key, word in zip(keys, words, strict=True):
+                if extra.setdefault(key, word) != word:
+                    raise ValueError(f"{sig.type}: two signature rows give fc{key[0]} {key[1]} different words")
+        return extra
 
     def _sf(self, reg: Register) -> int:
         return self.scale_factors.get(reg.scale_factor, 0) if reg.scale_factor else 0
@@ -104,8 +145,27 @@ class VirtualDevice:
     def values(self) -> dict[str, float]:
         return {r.measurement: self.value(r.measurement) for r in self.registers}
 
+    def _pin(self, sig: Signature) -> bool:
+        """Hold the map's register under `sig` (same place and type, a gauge without a unit) at the
+        row's value for good: a model code or model id the map reads. False when there is none."""
+        for reg in self.registers:
+            cell = self.cells.get(reg.measurement)
+            if (cell is None or cell.counter_scale is not None or reg.unit or reg.scale_factor
+                    or reg.address != sig.address
+                    or reg.function_code != sig.function_code or reg.data_type != sig.data_type
+                    or reg.byte_order != sig.byte_order):
+                continue
+            target = sig.min_value if sig.min_value == sig.max_value else (sig.min_value + sig.max_value) / 2
+            cell.nominal, cell.noise = target / sig.scale * reg.scale + reg.offset, 0.0
+            cell.raw = _quantise(reg, cell.nominal, 0)
+            return True
+        return False
+
     def words(self) -> dict[tuple[int, int], int]:
-        """{(function code, address): 16-bit word} for every register, as served now."""
+        """{(function code, address): 16-bit word} for every register and signature row, as served now."""
+        return {**self.signature_words, **self._map_words()}
+
+    def _map_words(self) -> dict[tuple[int, int], int]:
         banks: dict[tuple[int, int], int] = {}
         for reg in self.registers:
             if reg.measurement in self.scale_factors:
@@ -171,8 +231,28 @@ def _quantise(reg: Register, target: float, sf: int) -> int | float:
     return value
 
 
-def make_device(type_name: str, registers: Iterable[Register], seed: int | None) -> VirtualDevice:
+def signature_words(sig: Signature) -> list[int]:
+    """The words of a value inside the row's range: the value itself when min == max, else the
+    midpoint; quantised to what the register carries (an integer type rounds towards the range).
+
+    >>> from poller.model import FunctionCode
+    >>> code = Signature("t", 0xFC02, FunctionCode(3), DataType.UINT16, ByteOrder.ABCD, 1, 112, 121, "meter code")
+    >>> signature_words(code)  # 116.5 rounds to 116 (0x0074), inside 112..121
+    [116]
+    """
+    reg = sig.register()
+    target = sig.min_value if sig.min_value == sig.max_value else (sig.min_value + sig.max_value) / 2
+    raw = _quantise(reg, target, 0)
+    words = encode(reg, raw)
+    if not sig.holds(words):
+        raise ValueError(f"{sig.type}: no {sig.data_type.name} value with scale {sig.scale:g} lies in "
+                         f"{sig.min_value:g}..{sig.max_value:g} ({sig.description})")
+    return words
+
+
+def make_device(type_name: str, registers: Iterable[Register], seed: int | None,
+                signatures: Sequence[Signature] = ()) -> VirtualDevice:
     """The device the server runs for a type; with a seed, the same values in every process."""
     if seed is None:
-        return VirtualDevice(registers)
-    return VirtualDevice(registers, seed=zlib.crc32(f"{seed}:{type_name}".encode()))
+        return VirtualDevice(registers, signatures=signatures)
+    return VirtualDevice(registers, seed=zlib.crc32(f"{seed}:{type_name}".encode()), signatures=signatures)

@@ -122,10 +122,12 @@ class Reader:
         self.requests = 0
 
     async def read(self, function_code: int, address: int, count: int, unit: int,
-                   timeout_s: float | None = None) -> list[int]:
+                   timeout_s: float | None = None, pause: float = 0.0, connect_pause: float = 0.0) -> list[int]:
+        """One request; `pause` and `connect_pause` as the bus takes them (a device type's quirks)."""
         block = ReadBlock(FunctionCode(function_code), address, count, ())
         self.requests += 1
-        return await self.bus.read(block, unit, self.timeout_s if timeout_s is None else timeout_s)
+        return await self.bus.read(block, unit, self.timeout_s if timeout_s is None else timeout_s,
+                                   pause=pause, connect_pause=connect_pause)
 
     async def read_many(self, unit: int, requests: Sequence[tuple[int, int, int]]) -> list[list[int]]:
         """Several (function_code, address, count) requests in order."""
