@@ -63,7 +63,7 @@ Key = tuple[int, str, str]  # meter id, measurement, unit: a register's series, 
 @dataclass
 class _Counter:
     value: float  # the last value written
-    time_ms: int  # when it was read
+    time_ms: int  # when it was first read (a device that updates its total every few minutes repeats it)
     streak: list[tuple[float, int]] = field(default_factory=list)  # held back since, consistent with each other
     held: int = 0  # readings held back since the last one written
 
@@ -154,7 +154,8 @@ class CounterGuard:
         return "zero"
 
     def _write(self, state: _Counter, value: float, time_ms: int) -> None:
-        state.value, state.time_ms = value, time_ms
+        if value != state.value:  # the rate runs from when a value was first read: devices count in steps
+            state.value, state.time_ms = value, time_ms
         state.streak.clear()
         state.held = 0
         self._dirty = True

@@ -136,6 +136,13 @@ def test_the_rate_is_measured_over_the_real_time_between_readings():
     assert run(CounterGuard(), readings) == ([1000.0, 1179.0], ["too_fast"])
 
 
+def test_a_counter_that_moves_in_steps_is_measured_from_when_each_step_was_first_read():
+    """A device updating its total every 5 minutes, polled every second: each 0.5 kWh step
+    follows 300 s of the same value, 6 kW on average, well within 0.05 kWh/s."""
+    values = [1000.0 + 0.5 * (i // 300) for i in range(1200)]
+    assert run(CounterGuard(), every_second(values)) == (values, [])
+
+
 def test_units_and_meters_are_apart():
     guard = CounterGuard()
     assert guard.check(METER, counter(unit="kWh"), 1000.0, 0) is None
