@@ -37,6 +37,27 @@ REQUIRED = {
     "sunspec_meter.sql": "sunspec_meter",
     "huawei_sun2000.sql": "huawei_sun2000",
     "sma_sunny_tripower.sql": "sma_sunny_tripower",
+    # meter families of issue 12 (tests/test_map_library.py reads each back through the simulator)
+    "eastron_sdm230.sql": "eastron_sdm230",
+    "abb_b2x.sql": "abb_b2x",
+    "janitza_umg96rm.sql": "janitza_umg96rm",
+    "schneider_iem3x50.sql": "schneider_iem3x50",
+    "siemens_pac.sql": "siemens_pac",
+    "chint_dtsu666.sql": "chint_dtsu666",
+    "carlo_gavazzi_em24.sql": "carlo_gavazzi_em24",
+    "orno_we514.sql": "orno_we514",
+    "orno_we517.sql": "orno_we517",
+    "socomec_countis_e2x.sql": "socomec_countis_e2x",
+    # PV, inverter and gateway families of issue 12
+    "fronius_smart_meter_float.sql": "fronius_smart_meter_float",
+    "fronius_inverter_float.sql": "fronius_inverter_float",
+    "solaredge_meter.sql": "solaredge_meter",
+    "growatt_inverter.sql": "growatt_inverter",
+    "goodwe_et.sql": "goodwe_et",
+    "sungrow_sh.sql": "sungrow_sh",
+    "kostal_plenticore.sql": "kostal_plenticore",
+    "victron_gx_grid.sql": "victron_gx_grid",
+    "shelly_pro_3em.sql": "shelly_pro_3em",
 }
 
 
@@ -153,13 +174,20 @@ def test_file_is_one_idempotent_transaction(path: Path):
     statements = [s.strip() for s in body.split(";") if s.strip()]
     assert statements[0] == "BEGIN" and statements[-1] == "COMMIT", f"{path.name}: not wrapped in BEGIN/COMMIT"
     kinds = [s.split(None, 2)[0].upper() + " " + s.split(None, 2)[1].upper() for s in statements[1:-1]]
-    assert kinds == ["INSERT INTO", "DELETE FROM", "INSERT INTO"], f"{path.name}: statements {kinds}"
+    # device_types, registers, and (optionally) the family's device_signatures
+    assert kinds in (["INSERT INTO", "DELETE FROM", "INSERT INTO"],
+                     ["INSERT INTO", "DELETE FROM", "INSERT INTO", "DELETE FROM", "INSERT INTO"]), \
+        f"{path.name}: statements {kinds}"
     assert "ON CONFLICT (name) DO UPDATE" in statements[1]
     name = type_of(path)
     assert re.search(rf"VALUES\s*\('{name}'", statements[1]), f"{path.name}: device_types row is not {name!r}"
     # Every register row belongs to the type the file deletes.
     row_types = set(re.findall(r"^\s*\('([^']+)',", statements[3], flags=re.M))
     assert row_types == {name}, f"{path.name}: register rows for {row_types}"
+    if len(statements) > 6:
+        assert statements[4] == f"DELETE FROM device_signatures WHERE type = '{name}'", path.name
+        sig_types = set(re.findall(r"^\s*\('([^']+)',", statements[5], flags=re.M))
+        assert sig_types == {name}, f"{path.name}: signature rows for {sig_types}"
 
 
 # ---------------------------------------------------------------------------
@@ -226,8 +254,8 @@ def test_a_broken_map_is_rolled_back(postgres: Postgres, database: str, tmp_path
         before = map_rows(conn, "eastron_sdm120")
     text = good.read_text(encoding="utf-8")
     # A later row with an unknown data_type fails after the DELETE has run.
-    bad = "'kWh',   9, 4, 'ABCD', 1),  -- 0x0048"
-    broken_text = text.replace("'kWh',   3, 4, 'ABCD', 1),  -- 0x0048", bad).replace(
+    bad = "'energy_import', 'kWh', 9, 4,"
+    broken_text = text.replace("'energy_import', 'kWh', 3, 4,", bad).replace(
         "single-phase meter (input", "BROKEN single-phase meter (input")
     assert bad in broken_text and "BROKEN" in broken_text
     broken = tmp_path / "broken.sql"
@@ -300,6 +328,28 @@ HAND_PLANS = {
                            "fc3 30953..30954", "fc3 30957..30962", "fc3 30977..30982"],
     "sunspec_inverter": ["fc3 40069..40108"],  # model 101..103 after its two header registers
     "sunspec_meter": ["fc3 40069..40123"],
+    # issue 12 meters; each file's header comment states its requests where a source constrains them
+    "eastron_sdm230": ["fc4 0..37", "fc4 70..79", "fc4 342..345"],
+    "abb_b2x": ["fc3 20480..20487", "fc3 21600..21623", "fc3 23296..23357"],  # 0x5000, 0x5460, 0x5B00 blocks
+    "janitza_umg96rm": ["fc3 19000..19077"],
+    "schneider_iem3x50": ["fc3 2999..3076", "fc3 3109..3110", "fc3 3203..3226", "fc3 3517..3528"],
+    "siemens_pac": ["fc4 1..70", "fc4 801..812"],
+    "chint_dtsu666": ["fc3 4126..4143", "fc3 8198..8241", "fc3 8260..8261"],  # 0x101E.., 0x2006.., 0x2044
+    "carlo_gavazzi_em24": ["fc4 0..5", "fc4 12..23", "fc4 40..41", "fc4 50..55", "fc4 66..75", "fc4 92..93"],
+    "orno_we514": ["fc3 304..305", "fc3 313..314", "fc3 320..321", "fc3 328..329", "fc3 336..337",
+                   "fc3 344..344", "fc3 40960..40961", "fc3 40990..40991"],  # max_gap 0
+    "orno_we517": ["fc3 14..59", "fc3 256..297"],
+    "socomec_countis_e2x": ["fc3 50520..50555", "fc3 50946..50953"],
+    # issue 12 PV / inverter / gateway families
+    "fronius_smart_meter_float": ["fc3 40069..40144"],  # model 213; PF 40121..40128 bridged
+    "fronius_inverter_float": ["fc3 40069..40118"],  # model 113 up to StVnd
+    "solaredge_meter": ["fc3 40188..40242"],  # sunspec_meter's block + 119
+    "growatt_inverter": ["fc4 0..10", "fc4 35..56", "fc4 93..94"],  # max 45 per request
+    "goodwe_et": ["fc3 35103..35202"],  # max_gap 40: the library reads the block whole
+    "sungrow_sh": ["fc4 5007..5034", "fc4 5241..5241", "fc4 12999..13003", "fc4 13030..13046"],
+    "kostal_plenticore": ["fc3 56..57", "fc3 98..101", "fc3 150..179", "fc3 258..287", "fc3 320..323"],
+    "victron_gx_grid": ["fc3 2616..2648"],
+    "shelly_pro_3em": ["fc4 1013..1069", "fc4 1162..1165"],
 }
 
 
@@ -346,10 +396,14 @@ def test_names_follow_the_shared_vocabulary(loaded: dict):
 
 def test_every_map_has_the_core_values(loaded: dict):
     core = {"active_power", "frequency", "voltage_l1", "current_l1"}
+    per_phase_power = {"active_power_l1", "active_power_l2", "active_power_l3"}
     for name, dtype in loaded.items():
         have = {r.measurement for r in dtype.registers}
+        if per_phase_power <= have and name == "victron_gx_grid":
+            have |= {"active_power"}  # the GX grid service publishes the phases only, no total
         assert core <= have, f"{name}: lacks {sorted(core - have)}"
-        assert have & {"energy_import", "energy_yield"}, f"{name}: no energy counter"
+        # energy_total: meters that count one total only (ORNO OR-WE-514)
+        assert have & {"energy_import", "energy_yield", "energy_total"}, f"{name}: no energy counter"
 
 
 def test_sunspec_values_use_scale_factors_and_sentinels(loaded: dict):
@@ -398,6 +452,34 @@ GOLDEN = {
     ("sma_sunny_tripower", "active_power"): (30775, DataType.INT32, 3, "ABCD", 1),
     ("sma_sunny_tripower", "energy_yield"): (30513, DataType.UINT64, 3, "ABCD", 1),
     ("sma_sunny_tripower", "current_l1"): (30977, DataType.INT32, 3, "ABCD", 0.001),
+    ("eastron_sdm230", "energy_import"): (0x48, DataType.FLOAT32, 4, "ABCD", 1),
+    ("abb_b2x", "voltage_l1"): (0x5B00, DataType.UINT32, 3, "ABCD", 0.1),
+    ("abb_b2x", "energy_import"): (0x5000, DataType.UINT64, 3, "ABCD", 0.01),
+    ("janitza_umg96rm", "active_power"): (19026, DataType.FLOAT32, 3, "ABCD", 1),
+    ("schneider_iem3x50", "energy_import"): (3203, DataType.INT64, 3, "ABCD", 1),
+    ("siemens_pac", "frequency"): (55, DataType.FLOAT32, 4, "ABCD", 1),
+    ("chint_dtsu666", "voltage_l1"): (0x2006, DataType.FLOAT32, 3, "ABCD", 0.1),
+    ("carlo_gavazzi_em24", "frequency"): (0x37, DataType.INT16, 4, "ABCD", 0.1),
+    ("orno_we514", "voltage_l1"): (0x131, DataType.UINT16, 3, "ABCD", 0.01),
+    ("orno_we517", "active_power"): (0x1C, DataType.FLOAT32, 3, "ABCD", 1000),
+    ("socomec_countis_e2x", "voltage_l1"): (0xC558, DataType.UINT32, 3, "ABCD", 0.01),
+    ("fronius_smart_meter_float", "active_power"): (40097, DataType.FLOAT32, 3, "ABCD", 1),  # 213:W, offset 28
+    ("fronius_smart_meter_float", "energy_import"): (40137, DataType.FLOAT32, 3, "ABCD", 1),  # 213:TotWhImp, 68
+    ("fronius_inverter_float", "energy_yield"): (40101, DataType.FLOAT32, 3, "ABCD", 1),  # 113:WH, offset 32
+    ("solaredge_meter", "sunspec_model_id"): (40188, DataType.UINT16, 3, "ABCD", 1),
+    ("solaredge_meter", "energy_import"): (40234, DataType.UINT32, 3, "ABCD", 1),
+    ("growatt_inverter", "active_power"): (35, DataType.INT32, 4, "ABCD", 0.1),
+    ("growatt_inverter", "energy_yield"): (55, DataType.UINT32, 4, "ABCD", 0.1),
+    ("goodwe_et", "dc_power_1"): (35105, DataType.UINT32, 3, "ABCD", 1),
+    ("goodwe_et", "energy_yield"): (35191, DataType.UINT32, 3, "ABCD", 0.1),
+    ("sungrow_sh", "dc_power"): (5016, DataType.UINT32, 4, "CDAB", 1),  # register 5017
+    ("sungrow_sh", "energy_yield"): (13002, DataType.UINT32, 4, "CDAB", 0.1),  # register 13003
+    ("kostal_plenticore", "dc_power"): (100, DataType.FLOAT32, 3, "CDAB", 1),
+    ("kostal_plenticore", "energy_yield"): (320, DataType.FLOAT32, 3, "CDAB", 1),
+    ("victron_gx_grid", "voltage_l1"): (2616, DataType.UINT16, 3, "ABCD", 0.1),
+    ("victron_gx_grid", "energy_import"): (2634, DataType.UINT32, 3, "ABCD", 0.01),
+    ("shelly_pro_3em", "active_power"): (1013, DataType.FLOAT32, 4, "CDAB", 1),  # 31013
+    ("shelly_pro_3em", "energy_import"): (1162, DataType.FLOAT32, 4, "CDAB", 1),  # 31162
 }
 
 
@@ -431,3 +513,28 @@ def test_sunspec_meter_block_matches_model_203_layout(loaded: dict):
     base = regs["sunspec_model_id"].address
     for m, off in offsets.items():
         assert regs[m].address - base == off, m
+
+
+def test_sunspec_float_blocks_match_models_213_and_113(loaded: dict):
+    """Offsets from the model ID follow sunspec/models json/model_213.json and model_113.json (float32)."""
+    layouts = {
+        "fronius_smart_meter_float": {"current_total": 2, "voltage_l1": 12, "frequency": 26, "active_power": 28,
+                                      "reactive_power": 44, "energy_export": 60, "energy_import": 68},
+        "fronius_inverter_float": {"current_total": 2, "voltage_l1_l2": 10, "voltage_l1": 16, "active_power": 22,
+                                   "frequency": 24, "power_factor": 30, "energy_yield": 32, "dc_power": 38,
+                                   "operating_state": 48},
+    }
+    for name, offsets in layouts.items():
+        regs = {r.measurement: r for r in loaded[name].registers}
+        base = regs["sunspec_model_id"].address
+        assert base == 40069, name
+        for m, off in offsets.items():
+            assert regs[m].address - base == off, f"{name}.{m}"
+
+
+def test_solaredge_meter_is_the_sunspec_meter_block_119_registers_later(loaded: dict):
+    """SolarEdge serves meter 1's model 203 at 40188 (model id), the int+SF block of sunspec_meter at 40069."""
+    def rows(name: str, shift: int) -> list[tuple]:
+        return sorted((r.address + shift, r.measurement, r.data_type, r.scale, r.scale_factor, r.not_available,
+                       r.counter) for r in loaded[name].registers)
+    assert rows("solaredge_meter", 0) == rows("sunspec_meter", 119)
