@@ -346,6 +346,14 @@ def test_image_build_context_installs_the_services(tmp_path: Path, compose: dict
         helped = subprocess.run([sys.executable, "-m", name, "--help"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True)
         assert helped.returncode == 0 and "usage:" in helped.stdout, helped.stderr
+    # `emm maps` in the poller's container (WORKDIR /app = the context): the library is there
+    library = sorted(Path(p).name for p in subprocess.run(["git", "ls-files", "db/maps/*.sql"], cwd=ROOT,
+                                                           capture_output=True, text=True, check=True).stdout.split())
+    assert sorted(p.name for p in (context / "db" / "maps").glob("*.sql")) == library
+    nowhere = {**env, "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1"}  # no database: the files still list
+    listed = subprocess.run([sys.executable, "-m", "poller.onboard", "--env-file", "/nonexistent", "maps", "list"],
+                            cwd=context, env=nowhere, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 1 and all(name in listed.stdout for name in library), listed.stdout + listed.stderr
 
 
 @pytest.mark.parametrize("service", PYTHON_SERVICES)
