@@ -58,6 +58,12 @@ REQUIRED = {
     "kostal_plenticore.sql": "kostal_plenticore",
     "victron_gx_grid.sql": "victron_gx_grid",
     "shelly_pro_3em.sql": "shelly_pro_3em",
+    # more meter and inverter families of issue 12 (30 families)
+    "abb_a4x.sql": "abb_a4x",
+    "inepro_pro380.sql": "inepro_pro380",
+    "saia_burgess_ale3.sql": "saia_burgess_ale3",
+    "solis_inverter.sql": "solis_inverter",
+    "deye_hybrid.sql": "deye_hybrid",
 }
 
 
@@ -350,6 +356,12 @@ HAND_PLANS = {
     "kostal_plenticore": ["fc3 56..57", "fc3 98..101", "fc3 150..179", "fc3 258..287", "fc3 320..323"],
     "victron_gx_grid": ["fc3 2616..2648"],
     "shelly_pro_3em": ["fc4 1013..1069", "fc4 1162..1165"],
+    # more families: the B-series blocks plus the reactive accumulators 0x500C..0x5013
+    "abb_a4x": ["fc3 20480..20499", "fc3 21600..21623", "fc3 23296..23357"],
+    "inepro_pro380": ["fc3 20482..20529", "fc3 24576..24637"],  # 0x5002..0x5031, 0x6000..0x603D (tariffs bridged)
+    "saia_burgess_ale3": ["fc3 27..51"],  # registers 28..52 in one request
+    "solis_inverter": ["fc4 3004..3024", "fc4 3033..3042"],  # max_gap 7: 3025..3032 not read
+    "deye_hybrid": ["fc3 76..112", "fc3 150..187"],
 }
 
 
@@ -401,6 +413,8 @@ def test_every_map_has_the_core_values(loaded: dict):
         have = {r.measurement for r in dtype.registers}
         if per_phase_power <= have and name == "victron_gx_grid":
             have |= {"active_power"}  # the GX grid service publishes the phases only, no total
+        if name == "saia_burgess_ale3":
+            have |= {"frequency"}  # the ALE3's 52 registers hold no frequency (SBC datasheet)
         assert core <= have, f"{name}: lacks {sorted(core - have)}"
         # energy_total: meters that count one total only (ORNO OR-WE-514)
         assert have & {"energy_import", "energy_yield", "energy_total"}, f"{name}: no energy counter"
@@ -480,6 +494,20 @@ GOLDEN = {
     ("victron_gx_grid", "energy_import"): (2634, DataType.UINT32, 3, "ABCD", 0.01),
     ("shelly_pro_3em", "active_power"): (1013, DataType.FLOAT32, 4, "CDAB", 1),  # 31013
     ("shelly_pro_3em", "energy_import"): (1162, DataType.FLOAT32, 4, "CDAB", 1),  # 31162
+    ("abb_a4x", "voltage_l1"): (0x5B00, DataType.UINT32, 3, "ABCD", 0.1),
+    ("abb_a4x", "energy_reactive_import"): (0x500C, DataType.UINT64, 3, "ABCD", 0.01),  # A43/A44 manual p. 108
+    ("inepro_pro380", "voltage_l1"): (0x5002, DataType.FLOAT32, 3, "ABCD", 1),
+    ("inepro_pro380", "active_power"): (0x5012, DataType.FLOAT32, 3, "ABCD", 1000),  # kW
+    ("inepro_pro380", "energy_import"): (0x600C, DataType.FLOAT32, 3, "ABCD", 1),
+    ("saia_burgess_ale3", "energy_import"): (27, DataType.UINT32, 3, "ABCD", 0.01),  # register 28-29 WT1
+    ("saia_burgess_ale3", "voltage_l1"): (35, DataType.UINT16, 3, "ABCD", 1),  # register 36
+    ("saia_burgess_ale3", "active_power"): (50, DataType.INT16, 3, "ABCD", 10),  # register 51, 0.01 kW
+    ("solis_inverter", "active_power"): (3004, DataType.UINT32, 4, "ABCD", 1),  # register 3005
+    ("solis_inverter", "energy_yield"): (3008, DataType.UINT32, 4, "ABCD", 1),  # register 3009, kWh
+    ("solis_inverter", "frequency"): (3042, DataType.UINT16, 4, "ABCD", 0.01),  # register 3043
+    ("deye_hybrid", "active_power"): (175, DataType.INT16, 3, "ABCD", 1),
+    ("deye_hybrid", "energy_yield"): (96, DataType.UINT32, 3, "CDAB", 0.1),  # 96 low word, 97 high
+    ("deye_hybrid", "frequency"): (79, DataType.UINT16, 3, "ABCD", 0.01),
 }
 
 
