@@ -221,7 +221,16 @@ class _Bus:
                                f"before the reply window would")
             self._window_end = now + window
             async with asyncio.timeout(window):
-                reply = await link.send(request, frame)
+                pending = link.send(request, frame)
+                if fence is not None and time.monotonic() + window > fence():
+                    # the process was paused (SIGSTOP, a VM freeze) in the microseconds between the check
+                    # and the write, past its lease: the request went out late, and nothing can call it
+                    # back; its reply must not become a reading, and nothing more goes out (lease.py)
+                    pending.cancel()
+                    self._give_up()
+                    raise NotOwner(f"{self}: a request to unit {unit} went out after this instance's lease "
+                                   "ended (the process was paused as it sent it); its reply is discarded")
+                reply = await pending
         except TimeoutError:
             received = link.received
             self._give_up()
@@ -233,7 +242,7 @@ class _Bus:
             self._give_up(reserve=isinstance(exc, FrameError))
             raise BadReply(f"{self} unit {unit}, {block}: {exc}") from None
         except NotOwner:
-            raise  # nothing was sent: the connection is as good as it was
+            raise  # not sent: the connection is as good as it was (sent late: given up above)
         except OSError as exc:  # an ICMP error on a datagram socket
             self._give_up()
             raise ConnectError(f"cannot connect to {self}: {_unreachable(exc)}") from None

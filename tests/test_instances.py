@@ -49,9 +49,20 @@ class RecordingServer(SimulatedServer):
         self.seen.append((time.time(), conn.emm_serial))
         if self.trap is not None and request.dev_id == 1:
             # SIGSTOP the poller whose request this is, while the request is in flight: when it
-            # wakes, its reply is there and the next request, to unit 2, is due (the fence's case)
-            os.kill(self.trap, signal.SIGSTOP)
-            self.trap, self.trapped_at = None, time.time()
+            # wakes, its reply is there and the next request, to unit 2, is due (the fence's case).
+            # The stop comes 0.2 s after the request, its reply after the stop: the poller then only
+            # waits for that reply (its other buses were read long before), so the stop does not fall
+            # between a fence check and its write, the window poller/transport.py answers apart
+            # (tests/test_transport.py, test_a_request_written_after_the_lease_ended_...).
+            pid, self.trap = self.trap, None
+
+            def stop_then_answer() -> None:
+                os.kill(pid, signal.SIGSTOP)
+                self.trapped_at = time.time()
+                super(RecordingServer, self)._received(conn, request, addr)
+
+            asyncio.get_running_loop().call_later(0.2, stop_then_answer)
+            return
         super()._received(conn, request, addr)
 
 
@@ -102,15 +113,7 @@ def transitions(seen: list[tuple[float, int]], since: float) -> list[tuple[str, 
 def poller_login(postgres, database):  # type: ignore[no-untyped-def]
     """The poller's own login, as db/10-poller-role.sh makes it: a member of emm_reader, read-only
     by default."""
-    name, password = f"emm_poller_{os.getpid()}", "test-only-poller"
-    postgres.psql(database, "-c", f"""
-        DO $$ BEGIN
-            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN CREATE ROLE {name} LOGIN; END IF;
-        END $$;
-        ALTER ROLE {name} LOGIN PASSWORD '{password}';
-        GRANT emm_reader TO {name};
-        ALTER ROLE {name} SET default_transaction_read_only = on;""")
-    return {"POSTGRES_USER": name, "POSTGRES_PASSWORD": password}
+    return postgres.reader_login(database, f"emm_poller_{os.getpid()}", "test-only-poller")
 
 
 def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_restart(

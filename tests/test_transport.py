@@ -35,6 +35,7 @@ from poller.modbus import (
     ConnectError,
     ExceptionReply,
     ModbusError,
+    NotOwner,
     ResponseTimeout,
 )
 from poller.model import BusAddress, FunctionCode, ReadBlock, SerialLine, Transport
@@ -1399,3 +1400,35 @@ def test_a_udp_reply_later_than_its_timeout_is_never_taken_for_the_next_one():
     late = next(at for at, data in device.sent if data.endswith(b"\x00\x01\x00\x01"))
     third_sent = next(at for at, data in device.sent if data.endswith(b"\x00\x03\x00\x03"))
     assert device.record.requests[2][0] < late < third_sent  # it did arrive while the third was in flight
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_request_written_after_the_lease_ended_gives_no_reading_and_nothing_more_goes_out(kind, tmp_path):
+    """Fencing (lease.py) checks the lease just before the write; a process paused in the
+    microseconds between the two (SIGSTOP, a VM freeze) writes its request late, after its lease
+    ended. Nothing can call the request back, but its reply must not become a reading, and the
+    next request is not sent. The fence reads valid at the check and expired right after it."""
+    async def run():
+        with AsyncioTrouble() as trouble, scripted(kind, tmp_path, latency=0.003) as start:
+            device, address, stop, _ = await start()
+            bus = open_bus(address)
+            checks = []
+
+            def fence() -> float:  # first read: the check before the write; then the lease is over
+                checks.append(time.monotonic())
+                return time.monotonic() + 60 if len(checks) == 1 else 0.0
+
+            try:
+                with pytest.raises(NotOwner, match="went out after this instance's lease ended"):
+                    await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=5, fence=fence)
+                with pytest.raises(NotOwner, match="not sent"):
+                    await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=5, fence=fence)
+                await asyncio.sleep(0.05)  # the late request's reply, if it comes, goes nowhere
+            finally:
+                bus.close()
+                await stop()
+        trouble.check()
+        return device
+
+    device = asyncio.run(run())
+    assert len(device.requests) == 1  # the late one only
