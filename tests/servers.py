@@ -129,6 +129,18 @@ class Postgres:
         return psycopg2.connect(host="127.0.0.1", port=self.port, dbname=dbname,
                                 user=self.user, password=self.password)
 
+    def reader_login(self, dbname: str, name: str, password: str) -> dict[str, str]:
+        """A login made as db/10-poller-role.sh makes the poller's: a member of emm_reader,
+        read-only by default; the POSTGRES_USER/PASSWORD settings that log in with it."""
+        self.psql(dbname, "-c", f"""
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN CREATE ROLE {name} LOGIN; END IF;
+            END $$;
+            ALTER ROLE {name} LOGIN PASSWORD '{password}';
+            GRANT emm_reader TO {name};
+            ALTER ROLE {name} SET default_transaction_read_only = on;""")
+        return {"POSTGRES_USER": name, "POSTGRES_PASSWORD": password}
+
     def lease_owners(self, dbname: str) -> dict[str, str | None]:
         """bus_leases (POLL_COORDINATION=postgres): bus -> the instance whose lease on it is still
         valid (None: expired or given back)."""

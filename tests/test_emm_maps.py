@@ -124,14 +124,7 @@ def test_the_pollers_read_only_login_cannot_load_and_is_told_what_to_use(postgre
     import os
 
     name, password = f"emm_maps_reader_{os.getpid()}", "test-only-reader"
-    postgres.psql(database, "-c", f"""
-        DO $$ BEGIN
-            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN CREATE ROLE {name} LOGIN; END IF;
-        END $$;
-        ALTER ROLE {name} LOGIN PASSWORD '{password}';
-        GRANT emm_reader TO {name};
-        ALTER ROLE {name} SET default_transaction_read_only = on;""")
-    env = {**postgres.env(database), "POSTGRES_USER": name, "POSTGRES_PASSWORD": password}
+    env = {**postgres.env(database), **postgres.reader_login(database, name, password)}
     out = emm(["maps", "load", "eastron_sdm120"], env)
     assert out.returncode == 1
     assert out.stderr.startswith(f"emm maps load: eastron_sdm120.sql: the login '{name}' may not write")

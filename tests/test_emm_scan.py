@@ -183,14 +183,7 @@ def test_scan_table_and_apply_through_the_emm_script(postgres, database, gateway
 
 def test_apply_with_the_pollers_read_only_login_is_refused_with_what_to_do(postgres, database, gateway):
     name, password = f"emm_scan_reader_{os.getpid()}", "test-only-reader"
-    postgres.psql(database, "-c", f"""
-        DO $$ BEGIN
-            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN CREATE ROLE {name} LOGIN; END IF;
-        END $$;
-        ALTER ROLE {name} LOGIN PASSWORD '{password}';
-        GRANT emm_reader TO {name};
-        ALTER ROLE {name} SET default_transaction_read_only = on;""")
-    env = {**postgres.env(database), "POSTGRES_USER": name, "POSTGRES_PASSWORD": password}
+    env = {**postgres.env(database), **postgres.reader_login(database, name, password)}
     out = emm(["scan", f"127.0.0.1:{gateway.port}", "--units", "1-2", "--apply", "--no-progress"], env)
     assert out.returncode == 1
     assert out.stdout.count("INSERT INTO energy_meters") == 2  # the statements are printed all the same

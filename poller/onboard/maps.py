@@ -116,6 +116,17 @@ def _header(text: str) -> str:
     return " ".join(words)
 
 
+def _literal_end(sql: str, start: int) -> int:
+    """The index of the quote that ends the string literal opening at `start` ('' inside is a
+    quote), or the last index when it never ends."""
+    end, n = start + 1, len(sql)
+    while end < n:
+        if sql[end] == "'" and (end + 1 >= n or sql[end + 1] != "'"):
+            return end
+        end += 2 if sql[end] == "'" else 1
+    return end
+
+
 def _without_comments(sql: str) -> str:
     """`--` comments blanked out (string literals kept), positions unchanged."""
     out = []
@@ -123,11 +134,7 @@ def _without_comments(sql: str) -> str:
     while i < n:
         ch = sql[i]
         if ch == "'":
-            end = i + 1
-            while end < n:
-                if sql[end] == "'" and (end + 1 >= n or sql[end + 1] != "'"):
-                    break
-                end += 2 if sql[end] == "'" else 1
+            end = _literal_end(sql, i)
             out.append(sql[i:end + 1])
             i = end + 1
         elif sql.startswith("--", i):
@@ -154,11 +161,7 @@ def _tuples(sql: str, start: int) -> Iterable[list[str]]:
         while i < n:
             ch = sql[i]
             if ch == "'":
-                end = i + 1
-                while end < n:
-                    if sql[end] == "'" and (end + 1 >= n or sql[end + 1] != "'"):
-                        break
-                    end += 2 if sql[end] == "'" else 1
+                end = _literal_end(sql, i)
                 current.append(sql[i:end + 1])
                 i = end + 1
                 continue
