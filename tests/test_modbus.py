@@ -392,6 +392,10 @@ class Adversary:
         finally:
             self.writers.discard(writer)
             writer.close()
+            try:  # the poller resetting the connection is its right: that error is taken here, not left
+                await writer.wait_closed()  # to the loop ("Future exception was never retrieved")
+            except ConnectionError:
+                pass
 
     async def answer(self, mode, writer, good, tid, unit, fc, count):
         rng = self.rng

@@ -7,13 +7,15 @@ decoded as the row says (data_type, byte_order, times scale), lies in
 [min_value, max_value]. A register the device refuses, or a timeout, is no match.
 
 When several families match, the one with the most rows wins (the most specific);
-families tied at the top are all named ("ambiguous"). Pure except for `identify`'s
+families tied at the top are all named ("ambiguous"). Only what can still decide it is read
+(`identify`). Pure except for `identify`'s
 reads, which go through whatever `read` the caller gives (wire.Reader.read).
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,18 +101,29 @@ class Identification:
 
 
 async def identify(families: Mapping[str, Sequence[Signature]], read: Read, unit: int) -> Identification:
-    """Read every register some family's signature needs (each once) and name the best match."""
+    """Name the best match, reading only what can still decide it: the register the most remaining
+    candidate families need first, each register once; a family drops out at its first row that is
+    refused or out of range, and a register no remaining family needs is not read. The families
+    left have had every row read and hold (the same answer as reading everything, in far fewer
+    reads: on a 9600-baud line each read costs tens of milliseconds, and a device that stays silent
+    on an address it lacks costs a whole timeout)."""
     result = Identification()
-    keys = sorted({sig.key for sigs in families.values() for sig in sigs})
-    for key in keys:
+    candidates = {name: tuple(sigs) for name, sigs in families.items() if sigs}
+    while True:
+        needed = Counter(sig.key for sigs in candidates.values() for sig in sigs
+                         if sig.key not in result.answered and sig.key not in result.refused)
+        if not needed:
+            break
+        key = min(needed, key=lambda k: (-needed[k], k))  # the most needed; then in address order
         fc, address, count = key
         try:
             result.answered[key] = await read(fc, address, count, unit)
         except ModbusError as exc:
             result.refused[key] = str(exc)
-    matching = [(len(sigs), name) for name, sigs in families.items()
-                if sigs and all(sig.key in result.answered and sig.holds(result.answered[sig.key]) for sig in sigs)]
-    if matching:
-        best = max(n for n, _ in matching)
-        result.families = sorted(name for n, name in matching if n == best)
+        candidates = {name: sigs for name, sigs in candidates.items()
+                      if all(sig.key != key or (key in result.answered and sig.holds(result.answered[key]))
+                             for sig in sigs)}
+    if candidates:
+        best = max(len(sigs) for sigs in candidates.values())
+        result.families = sorted(name for name, sigs in candidates.items() if len(sigs) == best)
     return result
