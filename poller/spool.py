@@ -34,8 +34,9 @@ scans forward to the next whole record. Losses are counted (records, and points 
 known) and logged once per segment with the file and offset. During a run the spool knows
 what each segment holds, so what was damaged, truncated or became unreadable after it was
 written is counted exactly; at start, a stretch between two whole version-2 records is
-exact, and one at either end of the spool counts one record per damaged stretch found
-(a file cut exactly between two records at the very end leaves nothing to find). An
+exact (so is a segment cut exactly between two records when another segment follows: the
+numbers say what went), and one at either end of the spool counts one record per damaged
+stretch found (a file cut exactly between two records at the very end leaves nothing to find). An
 empty segment is counted as one record and removed. An entry named like a segment that
 is not a regular file, cannot be read or holds no record is left in place, logged,
 counted (skipped_files), and its number is never used again.
@@ -931,7 +932,7 @@ class _Chain:
             self.broken()
         for item in items:
             if item.good:
-                self._settle(item)
+                self._settle(item, seg)
                 self.prev = item if item.version == VERSION else None
             else:
                 self.run.append((seg, item))
@@ -940,9 +941,13 @@ class _Chain:
     def done(self) -> None:
         self._settle(None)
 
-    def _settle(self, nxt: _Item | None) -> None:
+    def _settle(self, nxt: _Item | None, nxt_seg: Segment | None = None) -> None:
         run, self.run = self.run, []
-        if not run or (nxt is not None and nxt.sent):
+        if nxt is not None and nxt.sent:
+            return
+        if not run:
+            if nxt is not None and nxt_seg is not None:
+                self._gap(nxt, nxt_seg)
             return
         counted = [i for _, i in run if not (i.framed and i.sent)]
         records = len(counted)
@@ -962,3 +967,14 @@ class _Chain:
             last_seg, last = run[-1]
             more = f" (and {len(run) - 1} more damaged stretch(es) up to {last_seg.path.name} offset {last.offset})"
         self.spool._lost(seg, first.offset, records, points, first.what, more)
+
+    def _gap(self, nxt: _Item, seg: Segment) -> None:
+        """Two whole version-2 records in a row whose numbers are not: the records between them went
+        without a trace, e.g. a segment cut exactly between two records, followed by the next one."""
+        prev = self.prev
+        if (prev is None or nxt.version != VERSION or prev.seq is None or nxt.seq is None
+                or prev.before is None or nxt.before is None or nxt.seq <= prev.seq + 1):
+            return
+        points = max(0, nxt.before - prev.before - (prev.points or 0))
+        self.spool._lost(seg, nxt.offset, nxt.seq - prev.seq - 1, points,
+                         f"records {prev.seq + 1}..{nxt.seq - 1} missing before the record")
