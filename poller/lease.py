@@ -17,6 +17,13 @@ runs one short transaction (`Leases.beat`):
    WHERE the lease expired: two instances claiming one bus serialise on its row, and
    the second finds it taken).
 
+The beats of all instances take turns: each transaction first takes one advisory lock
+(pg_advisory_xact_lock(BEAT_LOCK), held to its end). A beat lasts milliseconds, so the
+turns cost nothing, and two beats never lock rows in opposite orders: without them, one
+instance giving back a bus it no longer has configured while another claims it, and the
+other way round on a second bus, was a deadlock PostgreSQL ended by failing one of the
+beats (tests/test_lease.py found it, five instances beating at once).
+
 Fencing, the rule that makes a stopped instance harmless when it comes back: an
 instance polls a bus only while its *local* view of the lease is valid, and that
 view ends before the lease in PostgreSQL does. The local deadline is the monotonic
@@ -102,6 +109,10 @@ def wanted_buses(meters: list[Meter] | tuple[Meter, ...]) -> dict[str, float]:
         if meter.enabled:
             by_bus.setdefault(bus_key(meter.bus), []).append(meter)
     return {key: grace_s(group) for key, group in by_bus.items()}
+
+
+# the advisory lock the beats take turns by (any bigint that nothing else in the database uses)
+BEAT_LOCK = int.from_bytes(b"emm-beat", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def heartbeat_s(lease_s: float, interval_s: float) -> float:
@@ -288,6 +299,7 @@ class Leases:
         params: dict[str, Any] = {"me": self.instance, "lease": self.effective_lease_s, "keep_dead": KEEP_DEAD_S}
         try:
             self._query("BEGIN")
+            self._query("SELECT pg_advisory_xact_lock(%(turn)s)", {"turn": BEAT_LOCK})  # beats take turns
             self._query(
                 "INSERT INTO poller_instances (instance, expires_at) "
                 "VALUES (%(me)s, now() + %(lease)s * interval '1 second') "
