@@ -21,7 +21,7 @@ import pytest
 
 FAST_MODULES = frozenset({
     "test_decode.py", "test_plan.py", "test_sink.py", "test_schedule.py", "test_store.py", "test_settings.py",
-    "test_devices.py", "test_register_maps.py", "test_cycle.py",
+    "test_devices.py", "test_register_maps.py", "test_cycle.py", "test_counters.py",
 })
 SERVER_FIXTURES = frozenset({
     "postgres", "database", "victoria", "influx", "hung_port", "simulator", "fleet", "line_protocol",

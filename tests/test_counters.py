@@ -295,3 +295,88 @@ def test_a_state_file_that_cannot_be_written_is_said_once_and_tried_again(tmp_pa
     assert json.loads((blocked / "counters.json").read_text())["counters"] == [[1, "energy_import", "kWh", 1.0,
                                                                                 1_700_000_000_000]]
     assert any("written again" in r.getMessage() for r in caplog.records)
+
+
+def test_meters_no_longer_configured_are_forgotten_and_the_others_kept(tmp_path: Path):
+    guard = CounterGuard(tmp_path / "counters.json")
+    other = Meter(2, "127.0.0.1", 502, 2, DeviceType("t", (REG,)))
+    assert guard.check(METER, REG, 100.0, 0) is None and guard.check(other, REG, 200.0, 0) is None
+    guard.save(force=True)
+    assert guard.snapshot(force=True) is None  # nothing changed since
+    guard.forget_except({2})
+    assert len(guard) == 1
+    guard.save(force=True)  # the change is written: meter 1 is gone from the file too
+    assert [row[0] for row in json.loads((tmp_path / "counters.json").read_text())["counters"]] == [2]
+    assert guard.check(other, REG, 150.0, 1000) == "backwards"  # meter 2's history is still there
+    assert guard.check(METER, REG, 50.0, 1000) is None  # meter 1 starts afresh
+
+
+def test_a_zero_before_any_value_is_said_once_per_counter(caplog):
+    guard = CounterGuard()
+    for i in range(5):
+        assert guard.check(METER, REG, 0.0, 1000 * i) == "zero"
+    assert sum("reads 0 with no earlier value" in r.getMessage() for r in caplog.records) == 1
+    assert guard.check(METER, REG, 3.0, 6000) is None
+    assert guard.check(METER, REG, 3.0, 7000) is None and len(guard) == 1
+
+
+def test_the_rate_limit_is_inclusive_and_measured_in_seconds():
+    # exactly at the limit: written; the least bit above it: held back (0.5 per s over 1000 s = 500)
+    assert run(CounterGuard(), [(1000.0, 0), (1500.0, 1_000_000)], counter(0.5)) == ([1000.0, 1500.0], [])
+    assert run(CounterGuard(), [(1000.0, 0), (1500.001, 1_000_000)], counter(0.5)) == ([1000.0], ["too_fast"])
+    # two readings in the same second are measured over one second, not over none
+    assert run(CounterGuard(), [(1000.0, 0), (1000.5, 10)], counter(0.5)) == ([1000.0, 1000.5], [])
+
+
+VALID_ROW = [1, "energy_import", "kWh", 1000.5, 1_700_000_000_000]
+wrong_values = st.sampled_from([None, True, False, "1", 1.5, float("nan"), float("inf"), [], {}])
+
+
+@given(field=st.integers(0, 4), wrong=wrong_values, extra=st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_a_state_entry_of_the_wrong_shape_sets_the_file_aside(tmp_path_factory, field, wrong, extra):
+    row = list(VALID_ROW)
+    fits = {0: lambda v: type(v) is int, 1: lambda v: isinstance(v, str), 2: lambda v: isinstance(v, str),
+            3: lambda v: type(v) in (int, float) and math.isfinite(v), 4: lambda v: type(v) is int}[field]
+    if extra:
+        row.append(0)  # one field too many
+    elif fits(wrong):
+        return  # the wrong value happens to be a right one for this field
+    else:
+        row[field] = wrong
+    directory = tmp_path_factory.mktemp("state")
+    path = directory / "counters.json"
+    good = json.dumps({"version": 1, "counters": [VALID_ROW]})
+    path.write_text(json.dumps({"version": 1, "counters": [VALID_ROW, row]}))
+    guard = CounterGuard(path)
+    guard.load()
+    assert len(guard) == 0 and not path.exists()  # the whole file: one bad entry, no half-trusted history
+    assert [p.name.startswith("counters.json.damaged-") for p in directory.iterdir()] == [True]
+    path.write_text(good)
+    guard.load()
+    assert len(guard) == 1
+
+
+@pytest.mark.parametrize("body", ['[]', '{"version": 1}', '{"version": 1, "counters": {}}',
+                                  '{"counters": []}', '{"version": 1, "counters": [[1, "e", "kWh", 1.0]]}'])
+def test_a_state_file_that_is_not_a_counter_state_is_set_aside(tmp_path: Path, body: str, caplog):
+    path = tmp_path / "counters.json"
+    path.write_text(body)
+    guard = CounterGuard(path)
+    guard.load()
+    assert len(guard) == 0 and not path.exists()
+    assert "is damaged" in caplog.text and "set aside as counters.json.damaged-" in caplog.text
+
+
+def test_a_reset_and_its_end_are_logged_with_what_was_held_back(caplog):
+    caplog.set_level(logging.INFO, "poller.counters")
+    run(CounterGuard(), every_second([5000.0, 0.0, 0.0, 0.01, 0.02]))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("counter energy_import dropped to zero (5000.0 -> 0.0 kWh): not written until it is consistent "
+               "again" in m for m in said), said
+    assert any("counter energy_import taken as reset (a replaced or cleared meter): 3 consistent readings in a "
+               "row, 5000.0 -> 0.01 kWh; 2 reading(s) not written" in m for m in said), said
+    caplog.clear()
+    run(CounterGuard(), every_second([5000.0, 4000.0, 5000.01]))
+    assert any("counter energy_import consistent again (5000.01 kWh) after 1 reading(s) not written" in r.getMessage()
+               for r in caplog.records)
