@@ -128,8 +128,7 @@ def test_scan_finds_every_unit_names_each_family_and_never_has_two_requests_in_f
     # the unknown device: the signature registers that answered, with their words, and those refused
     mystery = by_unit[10]
     assert [(a["function_code"], a["address"]) for a in mystery["answered"]] == [(4, 0)]
-    # (gamma's power at 302 is not asked for: its model code at 300 was refused, so no family needs it)
-    assert {(r["function_code"], r["address"]) for r in mystery["refused"]} == {(3, 100), (3, 300)}
+    assert {(r["function_code"], r["address"]) for r in mystery["refused"]} == {(3, 100), (3, 300), (3, 302)}
     assert report["inserts"] == [
         f"INSERT INTO energy_meters (host, port, slave_address, type, description, transport) VALUES "
         f"('127.0.0.1', {gateway.port}, {unit}, '{family}', '{family} at unit {unit} (found by emm scan)', 'tcp') "
@@ -155,7 +154,7 @@ def test_scan_table_and_apply_through_the_emm_script(postgres, database, gateway
     assert "unit 10: unknown; the signature registers gave:" in text
     assert re.search(r"    fc4 0..1: 0x[0-9A-F]{4} 0x[0-9A-F]{4}\n        scan_alpha: line voltage, V = [0-9.]+, "
                      r"outside 180\.\.280 \(float32 ABCD\)", text)
-    assert "    exception 2 (illegal data address): fc3 100, fc3 300\n" in text
+    assert "    exception 2 (illegal data address): fc3 100, fc3 300, fc3 302..303\n" in text
     assert "unit 8: ambiguous; the signature registers gave:" in text
     assert "unit 12: unknown" in text and "`emm sunspec 127.0.0.1 --unit 12`" in text
     assert text.count("INSERT INTO energy_meters") == 4

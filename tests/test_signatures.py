@@ -61,12 +61,21 @@ def test_identify_names_what_reading_everything_names_in_fewer_reads(spec, devic
 
 
 def test_a_register_no_remaining_family_needs_is_not_read():
-    """Ten families share the voltage at 0; a device that refuses it is no match for any, and
-    their ten identification registers are never asked for."""
-    library = {f"f{i}": [row(f"f{i}", 0, 100, 300), row(f"f{i}", 1000 + i, i, i)] for i in range(10)}
+    """Ten families share the voltage at 0, ten others the frequency at 500, each family has its
+    own code register: a device of the first kind refuses 500, so the second ten's codes are never
+    asked for (12 reads, not 22)."""
+    library = {f"v{i}": [row(f"v{i}", 0, 100, 300), row(f"v{i}", 1000 + i, i, i)] for i in range(10)}
+    library |= {f"f{i}": [row(f"f{i}", 500, 45, 65), row(f"f{i}", 2000 + i, i, i)] for i in range(10)}
     asked: list[int] = []
-    result = asyncio.run(identify(library, reading({}, asked), unit=1))
-    assert result.families == [] and asked == [0]
-    asked.clear()
     result = asyncio.run(identify(library, reading({0: 230, 1003: 3}, asked), unit=1))
-    assert result.families == ["f3"] and asked[0] == 0 and len(asked) == 11  # 0, then each code once
+    assert result.families == ["v3"]
+    assert sorted(asked) == [0, 500, *range(1000, 1010)]
+
+
+def test_a_device_no_family_claims_has_every_signature_register_read():
+    """What an unknown device gives at each signature register is where its map starts."""
+    library = {f"v{i}": [row(f"v{i}", 0, 100, 300), row(f"v{i}", 1000 + i, i, i)] for i in range(10)}
+    asked: list[int] = []
+    result = asyncio.run(identify(library, reading({0: 50, 1004: 9}, asked), unit=1))
+    assert result.families == [] and sorted(asked) == [0, *range(1000, 1010)]
+    assert result.answered == {(3, 0, 1): [50], (3, 1004, 1): [9]} and len(result.refused) == 9

@@ -106,7 +106,8 @@ async def identify(families: Mapping[str, Sequence[Signature]], read: Read, unit
     refused or out of range, and a register no remaining family needs is not read. The families
     left have had every row read and hold (the same answer as reading everything, in far fewer
     reads: on a 9600-baud line each read costs tens of milliseconds, and a device that stays silent
-    on an address it lacks costs a whole timeout)."""
+    on an address it lacks costs a whole timeout). A device no family claims has the rest of the
+    signature registers read as well: what they give is where a map for it starts."""
     result = Identification()
     candidates = {name: tuple(sigs) for name, sigs in families.items() if sigs}
     while True:
@@ -126,4 +127,13 @@ async def identify(families: Mapping[str, Sequence[Signature]], read: Read, unit
     if candidates:
         best = max(len(sigs) for sigs in candidates.values())
         result.families = sorted(name for name, sigs in candidates.items() if len(sigs) == best)
+        return result
+    # no family: what every signature register gives is what the operator starts a map from
+    for key in sorted({sig.key for sigs in families.values() for sig in sigs} - set(result.answered)
+                      - set(result.refused)):
+        fc, address, count = key
+        try:
+            result.answered[key] = await read(fc, address, count, unit)
+        except ModbusError as exc:
+            result.refused[key] = str(exc)
     return result
