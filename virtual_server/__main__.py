@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parity", type=parity, default="N", help="serial: none, even or odd (N, E, O; default none)")
     p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="serial: stop bits (default 1)")
     p.add_argument("--bytesize", type=int, choices=(7, 8), default=8, help="serial: data bits (default 8)")
-    p.add_argument("--device-type", default="virtual_meter",
-                   help="device type served at every unit id (default virtual_meter)")
+    p.add_argument("--device-type", default=None,
+                   help="device type served at every unit id (default virtual_meter; with --sunspec alone, none)")
     p.add_argument("--unit", action="append", default=[], metavar="ID=TYPE",
                    help="serve TYPE at unit ID only (repeatable); other unit ids get --device-type")
     p.add_argument("--sunspec", action="append", default=[], metavar="UNIT=MODELS[@BASE]",
@@ -185,7 +185,8 @@ async def serve(args: argparse.Namespace) -> int:
             raise SystemExit(f"--unit {spec!r}: expected ID=TYPE with ID 0..255")
         unit_types[int(uid)] = tname
     sunspec = sunspec_units(args.sunspec)
-    sunspec_only = bool(sunspec) and not unit_types and args.device_type == "virtual_meter"
+    sunspec_only = bool(sunspec) and not unit_types and args.device_type is None
+    args.device_type = args.device_type or "virtual_meter"
     wanted = {args.device_type, *unit_types.values()}
     maps = {} if sunspec_only else await load_types(wanted, stop)
     if maps is None:
