@@ -32,20 +32,12 @@ import pytest
 import yaml
 
 from tests.servers import InfluxDB1
+from tests.test_dashboards import read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTING = ROOT / "grafana" / "provisioning" / "alerting"
 SCHEMA = json.loads((ROOT / "tests" / "schemas" / "grafana-alerting-provisioning.schema.json").read_text())
 DB = "energy"
-
-
-def read_env_file(path: Path = ROOT / ".dev.env") -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
-        if m:
-            env[m.group(1)] = m.group(2)
-    return env
 
 
 def documents() -> dict[str, dict[str, Any]]:

@@ -37,6 +37,7 @@ from ..modbus import BadReply, ConnectError, ExceptionReply, ResponseTimeout
 from ..model import BusAddress, Transport
 from .probe import exception_text, table
 from .signatures import Identification, Signature, identify
+from .sqltext import sql_literal
 from .sunspec import Chain, ChainError, read_chain
 from .wire import Reader
 
@@ -279,17 +280,6 @@ def _clock(seconds: float) -> str:
 
 
 # --- output -------------------------------------------------------------------------------
-
-
-def sql_literal(value: object) -> str:
-    """A value as an SQL literal (standard_conforming_strings: a quote is doubled, nothing else)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def insert_rows(bus: BusAddress, findings: Sequence[UnitFinding]) -> list[tuple[UnitFinding, dict[str, object]]]:

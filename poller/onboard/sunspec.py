@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import re
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 from ..modbus import ConnectError, ModbusError, ResponseTimeout
 from ..model import DataType
+from .sqltext import sql_literal
 from .wire import BusSpecError, Reader, add_bus_arguments, bus_from_args
 
 __all__ = ["Chain", "ChainError", "DeviceMap", "MapRow", "Model", "Read", "Skipped", "Survey", "add_parser",
@@ -601,26 +601,12 @@ REGISTER_SQL_COLUMNS = ("type", "register_address", "measurement_name", "data_un
                         "byte_order", "scale", "scale_factor", "not_available", "kind")
 
 
-def _literal(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value} has no SQL literal here")
-        return repr(value) if value != int(value) or abs(value) >= 1e15 else str(int(value))
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def statements(device_map: DeviceMap) -> list[str]:
     """The SQL statements, in order, without the transaction around them."""
-    name = _literal(device_map.name)
+    name = sql_literal(device_map.name)
     out = [
         "INSERT INTO device_types (name, description, max_block, max_gap, timeout_s, request_pause_ms)\n"
-        f"VALUES ({name},\n        {_literal(device_map.description)},\n        125, 16, 3, 0)\n"
+        f"VALUES ({name},\n        {sql_literal(device_map.description)},\n        125, 16, 3, 0)\n"
         "ON CONFLICT (name) DO UPDATE SET\n"
         "    description      = EXCLUDED.description,\n"
         "    max_block        = EXCLUDED.max_block,\n"
@@ -635,7 +621,7 @@ def statements(device_map: DeviceMap) -> list[str]:
             cells = (device_map.name, row.address, row.measurement, row.unit, int(row.data_type), 3, "ABCD",
                      row.scale, row.scale_factor, row.not_available, "counter" if row.counter else "gauge")
             comma = "," if i < len(device_map.rows) - 1 else ""
-            values.append(f"    ({', '.join(_literal(c) for c in cells)}){comma}  -- {_comment(row.source)}")
+            values.append(f"    ({', '.join(sql_literal(c) for c in cells)}){comma}  -- {_comment(row.source)}")
         out.append(f"INSERT INTO registers ({', '.join(REGISTER_SQL_COLUMNS)}) VALUES\n" + "\n".join(values))
     return out
 
