@@ -376,18 +376,17 @@ class Poller:
     @staticmethod
     def _guard(counters: CounterGuard, meter: Meter, result: MeterResult,
                values: list[tuple[int, Register, float]], times_ms: list[int]) -> list[tuple[int, Register, float]]:
-        """The values to write: a counter reading the guard holds back is counted with its reason."""
-        kept = []
-        for item in values:
+        """The values to write: a counter reading the guard holds back is counted with its reason.
+        Only the counters are looked at; the list is copied only when one is held back."""
+        held: set[int] = set()
+        for item in [item for item in values if item[1].counter]:
             index, reg, value = item
-            if reg.counter:
-                reason = counters.check(meter, reg, value, times_ms[index])
-                if reason is not None:
-                    result.counter_rejects.append(reason)
-                    result.invalid.append(f"{reg.measurement}: counter {describe(reason)} ({value!r})")
-                    continue
-            kept.append(item)
-        return kept
+            reason = counters.check(meter, reg, value, times_ms[index])
+            if reason is not None:
+                held.add(id(item))
+                result.counter_rejects.append(reason)
+                result.invalid.append(f"{reg.measurement}: counter {describe(reason)} ({value!r})")
+        return [item for item in values if id(item) not in held] if held else values
 
     async def _read(self, bus: Bus, meter: Meter, block: ReadBlock, result: MeterResult,
                     connect_pause: float, fence: Callable[[], float] | None) -> list[int]:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from poller.counters import RESET_READINGS, CounterGuard
 from poller.model import DataType, DeviceType, FunctionCode, Meter, Register
 from tests.servers import ModbusServerThread, free_port, start_module, stop_process
+from tests.test_end_to_end import run_poller
 from tests.test_outage import poller_env, settled_export, wait_for_log
 from virtual_server.device import encode
 from virtual_server.server import SimulatedServer
@@ -228,6 +229,40 @@ def metric(port: int, reason: str) -> float:
     return float(found.group(1))
 
 
+def misbehaving_meter(postgres, database, port: int) -> None:  # type: ignore[no-untyped-def]
+    postgres.psql(database, "-c", f"""
+        INSERT INTO device_types (name, max_gap) VALUES ('misbehaving', 0);
+        INSERT INTO registers (type, register_address, measurement_name, data_unit, data_type, function_code,
+                               kind, counter_max_rate)
+            VALUES ('misbehaving', 0, 'energy_import', 'kWh', 8, 3, 'counter', {RATE});
+        DELETE FROM energy_meters;
+        INSERT INTO energy_meters (host, port, slave_address, type) VALUES ('127.0.0.1', {port}, 1, 'misbehaving');""")
+
+
+def test_once_checks_against_the_history_in_the_spool_directory(postgres, database, victoria, tmp_path):
+    """`--once` from cron: each run's first reading is checked against the last run's (the spool
+    directory exists); without the directory there is no history to check against."""
+    script = Script()
+    server = ModbusServerThread(SimulatedServer(units={1: script.bank}, strict=True))
+    try:
+        misbehaving_meter(postgres, database, server.port)
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        env = {**poller_env(postgres, database, victoria, spool)}
+        outcomes = []
+        for value in (1000.0, 900.0, 1000.01):
+            script.values, script.served = [value], 0
+            done = run_poller(["--once"], env)
+            assert done.returncode == 0, done.stderr
+            outcomes.append(re.search(r"readings=(\d+) invalid=(\d+)", done.stderr).groups())  # type: ignore[union-attr]
+        assert outcomes == [("1", "0"), ("0", "1"), ("1", "0")]
+        script.values, script.served = [1.0], 0  # no directory, no history: taken as it comes
+        done = run_poller(["--once"], {**env, "POLL_SPOOL_DIR": str(tmp_path / "absent")})
+        assert "readings=1 invalid=0" in done.stderr, done.stderr
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_misbehaving_counter_stores_only_the_truth_across_a_restart(postgres, database, victoria, tmp_path, workers):
     """In the main process (POLL_WORKERS=0) and in a worker process: the guard lives where the
@@ -235,14 +270,7 @@ def test_a_misbehaving_counter_stores_only_the_truth_across_a_restart(postgres, 
     script = Script()
     server = ModbusServerThread(SimulatedServer(units={1: script.bank}, strict=True))
     try:
-        postgres.psql(database, "-c", f"""
-            INSERT INTO device_types (name, max_gap) VALUES ('misbehaving', 0);
-            INSERT INTO registers (type, register_address, measurement_name, data_unit, data_type, function_code,
-                                   kind, counter_max_rate)
-                VALUES ('misbehaving', 0, 'energy_import', 'kWh', 8, 3, 'counter', {RATE});
-            DELETE FROM energy_meters;
-            INSERT INTO energy_meters (host, port, slave_address, type) VALUES ('127.0.0.1', {server.port}, 1,
-                                                                                'misbehaving');""")
+        misbehaving_meter(postgres, database, server.port)
         spool = tmp_path / "spool"
         http = free_port()
         env = {**poller_env(postgres, database, victoria, spool), "POLL_HTTP_PORT": str(http),

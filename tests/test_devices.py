@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from poller.model import ByteOrder, DataType, FunctionCode, Register
-from poller.onboard.signatures import SIGNATURE_COLUMNS, signatures_by_type
+from poller.onboard.signatures import read_signatures
 from tests.servers import ROOT, ModbusServerThread, free_port, start_module, stop_process, wait_for_port
 from tests.test_end_to_end import run_poller
 from virtual_server.device import encode, make_device
@@ -143,8 +143,7 @@ def test_device_families_decode_to_the_values_served(postgres, database, victori
     series = victoria.export('{__name__!~"poller_status.*"}', min_samples=total)
     stored = {(s["metric"]["meter"], s["metric"]["__name__"]): s["values"] for s in series}
     with postgres.connect(database) as conn, conn.cursor() as cur:  # the simulator serves them too
-        cur.execute(f"SELECT {', '.join(SIGNATURE_COLUMNS)} FROM device_signatures ORDER BY type, id")
-        signatures = signatures_by_type(dict(zip(SIGNATURE_COLUMNS, row, strict=True)) for row in cur.fetchall())
+        signatures = read_signatures(cur)
     for meter in config.meters:
         served = make_device(meter.device_type.name, meter.device_type.registers, SEED,
                              signatures.get(meter.device_type.name, ())).values()

@@ -77,6 +77,17 @@ def test_a_clean_stop_gives_every_lease_back_at_once(postgres, database):
         b.close()
 
 
+def beat_concurrently(instances: list[Leases], run) -> None:  # type: ignore[no-untyped-def]
+    """run(lease, seed) in a thread per instance, all at once; then every instance closed."""
+    threads = [threading.Thread(target=run, args=(lease, i)) for i, lease in enumerate(instances)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for lease in instances:
+        lease.close()
+
+
 def test_many_instances_beating_at_once_never_grant_a_bus_to_two(postgres, database):
     """Five instances, random configurations (buses coming and going), beating concurrently for
     3 s, some pausing past their lease: the spans in which each may poll a bus (from the end of
@@ -112,13 +123,7 @@ def test_many_instances_beating_at_once_never_grant_a_bus_to_two(postgres, datab
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(lease, i)) for i, lease in enumerate(instances)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    for lease in instances:
-        lease.close()
+    beat_concurrently(instances, run)
     assert not errors, errors
     by_bus: dict[str, list[tuple[float, float, str]]] = {}
     for bus, who, start, until in spans:
@@ -212,12 +217,6 @@ def test_instances_beating_as_fast_as_they_can_never_fail_a_beat(postgres, datab
             if rng.random() < 0.2:
                 time.sleep(1.1)  # past the lease
 
-    threads = [threading.Thread(target=run, args=(lease, i)) for i, lease in enumerate(instances)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    for lease in instances:
-        lease.close()
+    beat_concurrently(instances, run)
     assert not errors, errors
     assert beats[0] > 100

@@ -21,7 +21,7 @@ import pytest
 
 from poller.cycle import Poller
 from poller.model import ByteOrder, DataType, DeviceType, FunctionCode, Meter, Register, Transport
-from poller.onboard.signatures import SIGNATURE_COLUMNS, Signature, identify, signatures_by_type
+from poller.onboard.signatures import Signature, identify, read_signatures
 from poller.onboard.wire import Reader, parse_bus
 from poller.store import load_configuration
 from tests.servers import ROOT, ModbusServerThread, Postgres, free_port, start_module, stop_process, wait_for_port
@@ -66,15 +66,14 @@ def library(postgres: Postgres) -> Iterator[Library]:
         try:
             config = load_configuration(conn)
             with conn.cursor() as cur:
-                cur.execute(f"SELECT {', '.join(SIGNATURE_COLUMNS)} FROM device_signatures ORDER BY type, id")
-                rows = [dict(zip(SIGNATURE_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+                families = read_signatures(cur)
         finally:
             conn.close()
     finally:
         postgres.drop_database(name)
     assert config.problems == (), config.problems
     names = [type_of(p) for p in MAP_FILES]
-    yield Library({n: config.device_types[n] for n in names}, signatures_by_type(rows))
+    yield Library({n: config.device_types[n] for n in names}, families)
 
 
 @pytest.fixture(scope="module")

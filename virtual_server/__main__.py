@@ -22,7 +22,8 @@ import time
 from poller.config import ConfigError, ConfigSource
 from poller.logsafe import setup_logging
 from poller.model import Register
-from poller.onboard.signatures import SIGNATURE_COLUMNS, Signature, signatures_by_type
+from poller.onboard.signatures import Signature
+from poller.onboard.signatures import read_signatures as select_signatures
 from poller.settings import SettingsError, from_env, load_env_file
 
 from .device import make_device
@@ -134,9 +135,7 @@ def read_signatures(source: ConfigSource, wanted: set[str]) -> dict[str, tuple[S
             cur.execute("SELECT to_regclass('device_signatures') IS NOT NULL")
             if not cur.fetchone()[0]:
                 return {}
-            cur.execute(f"SELECT {', '.join(SIGNATURE_COLUMNS)} FROM device_signatures "
-                        "WHERE type = ANY(%s) ORDER BY type, id", (sorted(wanted),))
-            return signatures_by_type(dict(zip(SIGNATURE_COLUMNS, row, strict=True)) for row in cur.fetchall())
+            return select_signatures(cur, wanted)
     except psycopg2.Error as exc:
         raise ConfigError(f"cannot read device_signatures from {source.where}: {' '.join(str(exc).split())}") from None
     finally:

@@ -36,7 +36,7 @@ from ..store import device_path_problem, host_problem
 from . import maps as maps_lib
 from . import probe as probe_lib
 from . import scan as scan_lib
-from .signatures import SIGNATURE_COLUMNS, Signature, signatures_by_type
+from .signatures import Signature, read_signatures
 from .wire import BusSpecError, Reader, add_bus_arguments, bus_from_args
 
 __all__ = ["OperatorError", "build_parser", "main"]
@@ -259,18 +259,17 @@ def load_families(s: Settings) -> dict[str, tuple[Signature, ...]]:
     """The device_signatures rows by family (none, said once, when the database predates the table)."""
     import psycopg2
 
-    sql = f"SELECT {', '.join(SIGNATURE_COLUMNS)} FROM device_signatures ORDER BY type, id"
     with database(s) as connection:
         connection.set_session(readonly=True)
         try:
-            rows = _query(connection)(sql, ())
+            with connection.cursor() as cur:
+                return read_signatures(cur)
         except psycopg2.errors.UndefinedTable:
             print(f"{PROG} scan: the database has no device_signatures table (run db/upgrade.sql): "
                   "families cannot be named", file=sys.stderr)
             return {}
         except psycopg2.Error as exc:
             raise OperatorError(f"cannot read device_signatures from {_where(s)}: {_pg_message(exc)}") from None
-    return signatures_by_type(dict(zip(SIGNATURE_COLUMNS, row, strict=True)) for row in rows)
 
 
 # --- the bus ------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from ..decode import DecodeError, decode_raw
 from ..modbus import ModbusError
 from ..model import ByteOrder, DataType, FunctionCode, Register
 
-__all__ = ["SIGNATURE_COLUMNS", "Identification", "Signature", "identify", "signature_from_row", "signatures_by_type"]
+__all__ = ["SIGNATURE_COLUMNS", "Identification", "Signature", "identify", "read_signatures", "signature_from_row",
+           "signatures_by_type"]
 
 SIGNATURE_COLUMNS = ("type", "register_address", "function_code", "data_type", "byte_order", "scale",
                      "min_value", "max_value", "description")
@@ -76,6 +77,16 @@ def signature_from_row(row: Mapping[str, Any]) -> Signature:
     return Signature(str(row["type"]), int(row["register_address"]), FunctionCode(row["function_code"]),
                      DataType(row["data_type"]), ByteOrder(row["byte_order"]), float(row["scale"]),
                      float(row["min_value"]), float(row["max_value"]), str(row["description"]))
+
+
+def read_signatures(cursor: Any, types: Iterable[str] | None = None) -> dict[str, tuple[Signature, ...]]:
+    """The device_signatures rows (of `types`, default all) by family, through a DB-API cursor."""
+    sql = f"SELECT {', '.join(SIGNATURE_COLUMNS)} FROM device_signatures"
+    if types is None:
+        cursor.execute(sql + " ORDER BY type, id")
+    else:
+        cursor.execute(sql + " WHERE type = ANY(%s) ORDER BY type, id", (sorted(types),))
+    return signatures_by_type(dict(zip(SIGNATURE_COLUMNS, row, strict=True)) for row in cursor.fetchall())
 
 
 def signatures_by_type(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Signature, ...]]:
