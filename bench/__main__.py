@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run_.add_argument("--poller-patch", default=None,
                       help="run the poller from a copy of poller/ with this patch applied (instead of poller/)")
     run_.add_argument("--compare-patch", default=None,
-                      help="run poller/ and then a copy with this patch applied, side by side")
+                      help="run poller/ and then a copy with this patch applied, side by side (with --workers: "
+                           "both with its first value)")
     run_.add_argument("--peer", action="append", choices=("nodered",), default=[],
                       help="after the poller, run this peer on the same fleet and report it side by side: nodered = "
                            "Node-RED with node-red-contrib-modbus (installed from npm into --nodered-dir), one "

@@ -11,13 +11,14 @@ the configuration, the outbox and spool, the leases and /metrics: one service to
                                                         of the meters done in the same turn of its loop)
       merged into one CycleReport       <-- ("report", cycle, counts, per-meter results)
 
-Lines travel as a pickled list of str (measured: pickling and unpickling a meter's 30 lines
-takes 2.3 us, joining and splitting them again 3.1 us). The message, its system calls and the
-main loop's wake-up cost about 10 us of main-process CPU each, more than the pickling: a
-worker sends the lines of all the meters that finished in one turn of its event loop as one
-message, at the end of that turn. Reports carry meter ids, not Meter objects, which the main
-process has. Meter objects travel when the configuration changes (`forget_except`), or
-with the first request that needs them.
+Messages travel through a Channel (poller/channel.py) each way: pickled, framed, through each
+process's event loop, so neither process ever blocks on the other. Lines travel as a pickled
+list of str (measured: pickling and unpickling a meter's 30 lines takes 2.3 us, joining and
+splitting them again 3.1 us). The message, its system calls and the main loop's wake-up cost
+about 10 us of main-process CPU each, more than the pickling: a worker sends the lines of all
+the meters that finished in one turn of its event loop as one message, at the end of that turn.
+Reports carry meter ids, not Meter objects, which the main process has. Meter objects travel
+when the configuration changes (`forget_except`), or with the first request that needs them.
 
 A bus stays with its worker while the pool runs (a bus that leaves the configuration and
 comes back goes to the same worker), so a bus is never polled by two processes at once. Each
@@ -28,10 +29,10 @@ Fencing (POLL_COORDINATION=postgres): the lease deadlines live in shared memory
 (lease.SharedFences, written by the main process only); each bus's slot is sent with its
 meters, and the worker's Poller reads `values[slot]` just before each request.
 
-A worker that dies is seen at once (EOF on its pipe): the meters of its cycles under way are
+A worker that dies is seen at once (EOF on its channel): the meters of its cycles under way are
 reported failed (what it had sent is in the outbox), it is logged once at ERROR and a new
 one takes its place, with its buses, for the next tick (emm_worker_restarts_total). Workers
-ignore SIGINT and SIGTERM (the main process stops them: `aclose`) and exit when their pipe
+ignore SIGINT and SIGTERM (the main process stops them: `aclose`) and exit when their channel
 to the main process closes, so they never outlive it.
 """
 
@@ -45,10 +46,7 @@ import logging
 import math
 import multiprocessing
 import os
-import pickle
-import queue
 import signal
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -57,6 +55,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .channel import Channel, socket_of
 from .counters import CounterGuard
 from .cycle import CycleReport, MeterResult, Poller, Readings
 from .lease import SharedFences, bus_key
@@ -73,7 +72,6 @@ JOIN_S = 3.0  # at stop: how long workers get to send their last lines and exit 
 RESTART_DELAYS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # a worker that keeps dying young waits longer
 YOUNG_S = 10.0  # a worker that dies sooner than this after its start counts towards the delay
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-_PICKLE = pickle.HIGHEST_PROTOCOL
 
 # The report's per-meter fields, in one order for both processes (not the meter: an id; not the
 # lines: already sent; not the error: its kind and message, the exception class may not pickle).
@@ -213,7 +211,7 @@ class _Worker:
         self.meters: dict[int, Meter] = {}
         self.slots: dict[BusAddress, int] = {}
         self.cycles: dict[int, asyncio.Task[None]] = {}
-        self.gone = False  # the main process's end is closed: nothing more to send
+        self.channel = Channel(f"worker {index}", self._handle, self._finish)
         self.poller = Poller(self, options.max_parallel_endpoints, status_points=options.status_points,
                              fence=self.fence if options.fenced else None,
                              counters=counter_guard(options.counters_dir, f"counters-worker-{index}.json"))
@@ -243,13 +241,7 @@ class _Worker:
     def _send(self, message: object) -> None:
         if not isinstance(message, list):
             self._flush()  # a cycle's report never overtakes its lines
-        if self.gone:
-            return
-        try:
-            self.conn.send_bytes(pickle.dumps(message, _PICKLE))
-        except OSError:  # the main process is gone: stop
-            self.gone = True
-            self._finish()
+        self.channel.send(message)  # dropped once the main process is gone (and serve() ends)
 
     def _finish(self) -> None:
         """Stop serving (asked to, or the main process is gone): serve() cancels what still runs."""
@@ -259,29 +251,19 @@ class _Worker:
     async def serve(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self.done = loop.create_future()
-        loop.add_reader(self.conn.fileno(), self._readable)
+        self.channel.open(socket_of(self.conn))  # stop, or the main process gone: _finish
         try:
             await self.done
         finally:
-            loop.remove_reader(self.conn.fileno())
             tasks = list(self.cycles.values())
             for task in tasks:
                 task.cancel()  # what a cancelled meter read so far is still handed over
             await asyncio.gather(*tasks, return_exceptions=True)
             self._flush()  # the last lines, read before the cycles were cancelled
             self.poller.close()
-
-    def _readable(self) -> None:
-        try:
-            message = self.conn.recv()
-        except (EOFError, OSError):  # the main process is gone (or closed the pipe): exit
-            self.gone = True
-            self._finish()
-            return
-        try:
-            self._handle(message)
-        except Exception:  # a bug must not kill the worker: say so, go on
-            log.exception("worker %d: handling %s failed", self.index, type(message).__name__)
+            self.channel.close()  # written out first: the main process reads until the EOF
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.channel.wait_closed(), JOIN_S)
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -324,51 +306,14 @@ class _Worker:
 # The main process's side
 
 
-class _Sender:
-    """Sends to one worker from a thread of its own: a worker that is slow to read (busy,
-    stopped) never blocks the main event loop, and two processes can never wait on each other
-    with full pipes. The thread owns the connection's closing."""
-
-    _CLOSE = object()
-
-    def __init__(self, conn: Connection, name: str) -> None:
-        self.conn = conn
-        self.queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def send(self, message: object) -> None:
-        self.queue.put(message)
-
-    def close(self) -> None:
-        self.queue.put(self._CLOSE)
-
-    def _run(self) -> None:
-        broken = False
-        while (message := self.queue.get()) is not self._CLOSE:
-            if broken:
-                continue
-            try:
-                self.conn.send(message)
-            except (OSError, ValueError):  # the worker is gone: its reader sees the EOF; the pool closes
-                broken = True
-            except Exception:  # noqa: BLE001 - a message that does not pickle: a bug, said once
-                log.exception("sending to a worker failed")
-        # only now, once the event loop no longer watches it (_detach): its fd number cannot be reused
-        # under the loop's reader
-        self.conn.close()
-
-
 @dataclass(eq=False)
 class _Handle:
     """One worker process as the pool sees it."""
 
     index: int
     process: BaseProcess
-    conn: Connection
-    sender: _Sender
+    channel: Channel
     started: float
-    fd: int = -1  # the pipe's, watched by the event loop until _detach
     alive: bool = True
     sent: dict[int, Meter] = field(default_factory=dict)  # the meters it holds: the objects sent
     slots_sent: set[BusAddress] = field(default_factory=set)
@@ -439,14 +384,14 @@ class WorkerPool:
             else:
                 handle.pending[cycle] = (future, group)
                 self._send_meters(handle, [m for m in group if handle.sent.get(m.id) is not m], keep=False)
-                handle.sender.send(("run", cycle, [m.id for m in group]))
+                handle.channel.send(("run", cycle, [m.id for m in group]))
             asked.append((handle, future))
         try:
             parts = await asyncio.gather(*(f for _, f in asked))
         except asyncio.CancelledError:  # the service stops: the workers cancel the cycle too
             for handle, _ in asked:
                 if handle.pending.pop(cycle, None) is not None and handle.alive:
-                    handle.sender.send(("cancel", cycle))
+                    handle.channel.send(("cancel", cycle))
             raise
         return merge_reports(parts, time.monotonic() - started)
 
@@ -457,7 +402,7 @@ class WorkerPool:
         for task in self._restarting:
             task.cancel()
         for handle in self.workers:
-            self._detach(handle)
+            self._detach(handle, now=True)
         self._join_all()
 
     def _join_all(self) -> None:
@@ -477,7 +422,7 @@ class WorkerPool:
         await asyncio.gather(*self._restarting, return_exceptions=True)
         alive = [h for h in self.workers if h.alive]
         for handle in alive:
-            handle.sender.send(("stop",))
+            handle.channel.send(("stop",))
         if alive:
             waiters = [asyncio.ensure_future(h.gone.wait()) for h in alive]
             _, late = await asyncio.wait(waiters, timeout=timeout_s)
@@ -507,9 +452,10 @@ class WorkerPool:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             theirs.close()
-        handle = _Handle(index, process, mine, _Sender(mine, f"worker-{index}-sender"), time.monotonic(),
-                         fd=mine.fileno())
-        self._loop.add_reader(handle.fd, self._readable, handle)
+        channel = Channel(f"worker {index}", lambda message: self._received(handle, message),
+                          lambda: self._lost(handle))
+        handle = _Handle(index, process, channel, time.monotonic())
+        channel.open(socket_of(mine))
         log.info("worker %d started: pid %s", index, process.pid)
         return handle
 
@@ -529,24 +475,14 @@ class WorkerPool:
             for bus in {m.bus for m in changed} - handle.slots_sent:
                 slots[bus] = self.fences.slot(bus_key(bus))
             handle.slots_sent.update(slots)
-        handle.sender.send(("meters", changed, slots, list(handle.sent) if keep else None))
+        handle.channel.send(("meters", changed, slots, list(handle.sent) if keep else None))
 
-    def _readable(self, handle: _Handle) -> None:
-        """Messages from a worker: lines to the outbox, reports to their cycle; EOF: it is gone."""
-        conn = handle.conn
-        for _ in range(64):  # then let the loop breathe; it calls again while there is more
-            try:
-                if not conn.poll():
-                    return
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                self._lost(handle)
-                return
-            message = pickle.loads(data)
-            if type(message) is list:
-                self.readings.put(message)
-            else:
-                self._reported(handle, message)
+    def _received(self, handle: _Handle, message: Any) -> None:
+        """A message from a worker: lines to the outbox, a report to its cycle."""
+        if type(message) is list:
+            self.readings.put(message)
+        else:
+            self._reported(handle, message)
 
     def _reported(self, handle: _Handle, message: tuple[Any, ...]) -> None:
         _, cycle, encoded, unknown = message
@@ -569,18 +505,18 @@ class WorkerPool:
         if not future.done():
             future.set_result(part)
 
-    def _detach(self, handle: _Handle) -> None:
-        """No more reading from the worker; its sender closes the pipe once done."""
+    def _detach(self, handle: _Handle, now: bool = False) -> None:
+        """No more reading from the worker; its channel closes (`now`: at once, Channel.close)."""
         if handle.alive:
             handle.alive = False
-            with contextlib.suppress(RuntimeError):  # the loop is closed already (atexit)
-                self._loop.remove_reader(handle.fd)
-            handle.sender.close()
+            handle.channel.close(now)
             handle.gone.set()
 
     def _lost(self, handle: _Handle) -> None:
         """EOF from a worker: it exited (asked to, or not). Its cycles under way are reported
         failed; unless the pool stops, a new worker takes its place."""
+        if not handle.alive:
+            return  # detached on purpose
         self._detach(handle)
         for future, group in handle.pending.values():
             if not future.done():

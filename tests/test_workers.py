@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -19,7 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from poller.channel import Channel, frame
 from poller.cycle import CycleReport, MeterResult
 from poller.lease import SharedFences, bus_key
 from poller.modbus import ResponseTimeout
@@ -118,6 +122,68 @@ def test_reports_merge_into_one_and_travel_without_their_meters():
     lost = failed_part([a, b], "worker 1 died")
     assert lost.meters_failed == 2 and all(isinstance(r.error, WorkerLost) and not r.ok for r in lost.results)
     assert describe_exit(-9) == "was killed by SIGKILL" and describe_exit(3) == "exited with code 3"
+
+
+# --------------------------------------------------------------------------- the channel between the processes
+
+
+messages = st.lists(st.one_of(st.binary(max_size=3000), st.text(max_size=200),
+                              st.tuples(st.just("report"), st.integers(), st.lists(st.integers(), max_size=20))),
+                    max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sent=messages, cuts=st.lists(st.integers(1, 5000), max_size=40))
+def test_channel_delivers_every_message_whole_and_in_order_however_the_bytes_arrive(sent, cuts):
+    """The byte stream cut anywhere (a frame's length split, a pickle in pieces, many frames in
+    one read): each message comes out once, whole, in order, and none before its last byte."""
+    got: list[object] = []
+    channel = Channel("test", got.append, lambda: None)
+    stream = b"".join(map(frame, sent))
+    position = 0
+    for cut in cuts:
+        channel.data_received(stream[position:position + cut])
+        position += cut
+        assert got == sent[:len(got)]
+    channel.data_received(stream[position:])
+    assert got == sent
+
+
+def test_channel_never_blocks_the_sender_on_a_peer_that_does_not_read():
+    """A worker's event loop must not stand still while the main process is slow to read (nor the
+    other way round): 16 MB sent to a socket nobody reads returns at once; once the peer reads,
+    everything arrives, in order, and the close comes after it."""
+
+    async def run() -> None:
+        mine, theirs = socket.socketpair()
+        got: list[object] = []
+        closed = asyncio.Event()
+        sender = Channel("sender", lambda m: None, lambda: None)
+        sender.open(mine)
+        chunk = b"x" * 65536
+        for i in range(256):  # 16 MB, far beyond the socket's buffer: Connection.send_bytes blocked here
+            sender.send((i, chunk))
+        sender.close()  # written out first
+        receiver = Channel("receiver", got.append, closed.set)
+        receiver.open(theirs)
+        await asyncio.wait_for(closed.wait(), 30)
+        assert [m[0] for m in got] == list(range(256)) and all(m[1] == chunk for m in got)
+        await asyncio.wait_for(sender.wait_closed(), 5)
+
+    asyncio.run(run())
+
+
+def test_a_message_the_receiver_cannot_handle_is_said_and_the_next_still_comes(caplog):
+    got: list[object] = []
+
+    def handle(message: object) -> None:
+        if message == "bad":
+            raise RuntimeError("a bug")
+        got.append(message)
+
+    channel = Channel("worker 7", handle, lambda: None)
+    channel.data_received(frame("bad") + frame("good"))
+    assert got == ["good"] and "worker 7: handling a message failed" in caplog.text
 
 
 # --------------------------------------------------------------------------- the pool, in this process
