@@ -311,10 +311,11 @@ class Service:
             return
         finally:
             self.outbox.release()
+        # since_tick: from the scheduled instant to the end of the cycle (its last reading handed over),
+        # not counting the bookkeeping after it (/metrics)
+        since_tick = (datetime.now(UTC) - tick).total_seconds()
         self.monitor.cycle_done(report)
         if report is not None:
-            # since_tick: from the scheduled instant to the end of the cycle (its last reading handed over)
-            since_tick = (datetime.now(UTC) - tick).total_seconds()
             log.info("%s since_tick=%.3fs", report.summary(), since_tick)
 
     async def _shut_down(self, watching: asyncio.Task[None] | None, leasing: asyncio.Task[None] | None) -> None:

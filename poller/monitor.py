@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -74,7 +74,9 @@ class Monitor:
         labels = ["meter", "host", "slave_address", "type"]
         self.meter_up = Gauge("emm_meter_up", "1 when the meter's last poll succeeded", labels, registry=r)
         self.meter_errors = Counter("emm_meter_errors", "Failed Modbus requests per meter", labels, registry=r)
-        self._labels: dict[int, MeterLabels] = {}  # each meter's one label set in the two series above
+        # each meter's one label set in the two series above, and its two series (children), kept with
+        # the Meter object they were made for: looked up once per meter and cycle, not by labels each time
+        self._labels: dict[int, tuple[Meter, MeterLabels, Any, Any]] = {}
         self._server: asyncio.Server | None = None
         self._connections = 0
         self.request_timeout_s = 5.0  # for the whole request: a slow client is cut off
@@ -144,22 +146,25 @@ class Monitor:
                 self.counter_rejects.labels(reason).inc()
             if res.handed_off:
                 continue  # another instance holds its bus's lease now: up or not is its to say
-            key = self._meter_series(res.meter)
-            self.meter_up.labels(*key).set(1 if res.ok else 0)
-            self.meter_errors.labels(*key).inc(res.errors)
+            _, _, up, errors = self._meter_series(res.meter)
+            up.set(1 if res.ok else 0)
+            if res.errors:
+                errors.inc(res.errors)
 
-    def _meter_series(self, meter: Meter) -> MeterLabels:
-        """The meter's label set; a meter has one, so when its host, unit id or type
-        changed, the series under the old labels go (they would stay frozen)."""
+    def _meter_series(self, meter: Meter) -> tuple[Meter, MeterLabels, Any, Any]:
+        """The meter's label set and its two series; a meter has one label set, so when its
+        host, unit id or type changed, the series under the old labels go (they would stay frozen)."""
+        cached = self._labels.get(meter.id)
+        if cached is not None and cached[0] is meter:
+            return cached
         key = meter_labels(meter)
-        old = self._labels.get(meter.id)
-        if old is not None and old != key:
+        if cached is not None and cached[1] != key:
             self._remove(meter.id)
-        self._labels[meter.id] = key
-        return key
+        cached = self._labels[meter.id] = (meter, key, self.meter_up.labels(*key), self.meter_errors.labels(*key))
+        return cached
 
     def _remove(self, meter_id: int) -> None:
-        key = self._labels.pop(meter_id)
+        key = self._labels.pop(meter_id)[1]
         for metric in (self.meter_up, self.meter_errors):
             try:
                 metric.remove(*key)
@@ -176,7 +181,7 @@ class Monitor:
                 current[m] = None
             else:
                 current[m.id] = meter_labels(m)
-        for meter_id, key in list(self._labels.items()):
+        for meter_id, (_, key, _, _) in list(self._labels.items()):
             if meter_id not in current or current[meter_id] not in (None, key):
                 self._remove(meter_id)
 
