@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import loop as event_loop
 from .config import ConfigError, ConfigSource, ConfigWatcher
 from .cycle import Poller
 from .lease import Leases, heartbeat_s, wanted_buses
@@ -214,8 +215,9 @@ class Service:
             config = await self.watcher.first(self.stop)
             if config is not None:
                 self._configuration_changed(config)
-                log.info("polling %d meters, schedule %r (POLL_CRON), writing to %s",
-                         len(config.meters), self.settings.poll_cron, self.outbox.url)
+                log.info("polling %d meters, schedule %r (POLL_CRON), writing to %s, event loop %s",
+                         len(config.meters), self.settings.poll_cron, self.outbox.url,
+                         event_loop.describe(self.settings.event_loop))
                 watching = asyncio.create_task(self.watcher.run(self.stop))
                 if self.leases is not None:
                     leases = self.leases
@@ -354,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return check(settings)
     if args.once:
-        return asyncio.run(run_once(settings, args.dry_run))
-    return asyncio.run(Service(settings, args.dry_run).run())
+        return event_loop.run(run_once(settings, args.dry_run), settings.event_loop)
+    return event_loop.run(Service(settings, args.dry_run).run(), settings.event_loop)
 
 
 if __name__ == "__main__":

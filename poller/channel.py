@@ -21,7 +21,7 @@ import socket
 import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("poller.workers")
 
@@ -78,13 +78,12 @@ class Channel(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        stream = self._transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
         if self._early:
-            transport.writelines(self._early)
+            stream.writelines(self._early)
             self._early = []
         if self.closed:  # closed while it was being opened: what was sent goes out first
-            transport.close()
+            stream.close()
 
     def data_received(self, data: bytes) -> None:
         received = self._received

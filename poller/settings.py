@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import loop
 from .schedule import CronError, validate_cron
 
 DEFAULT_POLL_CRON = "* * * * * */10"  # every 10 seconds (sixth field = seconds)
@@ -30,6 +31,7 @@ class Settings:
     poll_cron: str = DEFAULT_POLL_CRON
     max_parallel_endpoints: int = 256
     workers: int = 0  # POLL_WORKERS: worker processes polling the buses; 0: in the main process
+    event_loop: str = "auto"  # POLL_EVENT_LOOP (poller/loop.py): auto = uvloop when installed, else asyncio
     # --- health and metrics (poller/monitor.py) ---
     http_host: str = "127.0.0.1"
     http_port: int = 9108  # 0: no HTTP endpoint
@@ -97,6 +99,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     if coordination not in ("none", "postgres"):
         raise SettingsError(f"POLL_COORDINATION={coordination!r} must be 'none' (one poller) or 'postgres' "
                             "(several pollers share the fleet through PostgreSQL)")
+    event_loop = get("POLL_EVENT_LOOP", Settings.event_loop).lower()
+    if event_loop not in loop.CHOICES:
+        raise SettingsError(f"POLL_EVENT_LOOP={event_loop!r} must be one of {', '.join(loop.CHOICES)}")
+    if event_loop == "uvloop" and not loop.available():
+        raise SettingsError("POLL_EVENT_LOOP=uvloop, but uvloop is not installed here (pip install uvloop, "
+                            "or POLL_EVENT_LOOP=auto)")
     return Settings(
         postgres_host=get("POSTGRES_HOST", Settings.postgres_host),
         postgres_port=get_int("POSTGRES_PORT", Settings.postgres_port, 1, 65535),
@@ -110,6 +118,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         poll_cron=poll_cron,
         max_parallel_endpoints=get_int("POLL_MAX_PARALLEL", Settings.max_parallel_endpoints, 1, 10000),
         workers=get_int("POLL_WORKERS", Settings.workers, 0, 64),
+        event_loop=event_loop,
         http_host=get("POLL_HTTP_HOST", Settings.http_host),
         http_port=get_int("POLL_HTTP_PORT", Settings.http_port, 0, 65535),
         health_stale_s=float(get_int("POLL_HEALTH_STALE_S", 0, 0, 7 * 86400)),

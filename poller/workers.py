@@ -55,6 +55,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import loop as event_loop
 from .channel import Channel, socket_of
 from .counters import CounterGuard
 from .cycle import CycleReport, MeterResult, Poller, Readings
@@ -185,6 +186,7 @@ class WorkerOptions:
     log_level: int = logging.INFO
     fenced: bool = False  # POLL_COORDINATION=postgres: every request is fenced by its bus's lease
     counters_dir: str | None = None  # where the counter guard keeps its state (the spool's directory)
+    event_loop: str = "auto"  # POLL_EVENT_LOOP, as the main process's (poller/loop.py)
 
 
 def worker_main(index: int, conn: Connection, fences: Any, options: WorkerOptions) -> None:
@@ -196,7 +198,7 @@ def worker_main(index: int, conn: Connection, fences: Any, options: WorkerOption
 
     setup_logging(options.log_level)
     try:
-        asyncio.run(_Worker(index, conn, fences, options).serve())
+        event_loop.run(_Worker(index, conn, fences, options).serve(), options.event_loop)
     finally:
         conn.close()
 
@@ -331,7 +333,7 @@ class WorkerPool:
 
     def __init__(self, readings: Readings, workers: int, max_parallel_endpoints: int = 256,
                  status_points: bool = True, fences: SharedFences | None = None,
-                 log_level: int | None = None, counters_dir: str | None = None) -> None:
+                 log_level: int | None = None, counters_dir: str | None = None, event_loop: str = "auto") -> None:
         if workers < 1:
             raise ValueError("a WorkerPool needs at least one worker")
         self.readings = readings
@@ -340,7 +342,7 @@ class WorkerPool:
         self.options = WorkerOptions(
             max_parallel_endpoints=math.ceil(max_parallel_endpoints / workers), status_points=status_points,
             log_level=logging.getLogger().getEffectiveLevel() if log_level is None else log_level,
-            fenced=fences is not None, counters_dir=counters_dir)
+            fenced=fences is not None, counters_dir=counters_dir, event_loop=event_loop)
         self.shards = Shards(workers)
         self.restarts = 0
         self._loop = asyncio.get_running_loop()
@@ -594,7 +596,8 @@ def make_poller(readings: Readings, settings: Settings, status_points: bool = Tr
                       fence=None if leases is None else leases.until, counters=counter_guard(counters_dir))
     return WorkerPool(readings, settings.workers, settings.max_parallel_endpoints, status_points=status_points,
                       fences=None if leases is None else leases.shared,
-                      counters_dir=None if counters_dir is None else os.fspath(counters_dir))
+                      counters_dir=None if counters_dir is None else os.fspath(counters_dir),
+                      event_loop=settings.event_loop)
 
 
 async def close_poller(poller: Poller | WorkerPool) -> None:

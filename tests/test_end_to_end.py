@@ -92,8 +92,10 @@ def test_dry_run_prints_one_line_per_register(postgres, database, simulator):
     assert all(re.fullmatch(r"\S+(,\S+=\S+)+ value=[-0-9.e+]+ \d{13}", line.replace("\\ ", "_")) for line in lines)
 
 
-def test_runs_on_the_schedule_and_stops_cleanly(postgres, database, simulator, victoria, tmp_path):
-    env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *"}
+@pytest.mark.parametrize("event_loop", ["auto", "asyncio"])
+def test_runs_on_the_schedule_and_stops_cleanly(postgres, database, simulator, victoria, tmp_path, event_loop):
+    """On the loop POLL_EVENT_LOOP gives (auto: uvloop, a dependency wherever it has wheels; asyncio's)."""
+    env = {**postgres.env(database), **victoria.env(), "POLL_CRON": "* * * * * *", "POLL_EVENT_LOOP": event_loop}
     log = tmp_path / "poller.log"
     proc = start_module("poller", [], env, log)
     try:
@@ -105,6 +107,8 @@ def test_runs_on_the_schedule_and_stops_cleanly(postgres, database, simulator, v
     text = log.read_text()
     assert text.count("cycle: meters ok=1") >= 3, text
     assert rc == 0, text
+    assert re.search(r"writing to \S+, event loop " + ("uvloop 0\\." if event_loop == "auto" else "asyncio$"),
+                     text, re.M), text
     (voltage,) = victoria.export('{__name__="voltage_l1_value"}', min_samples=3)
     stamps = voltage["timestamps"]
     assert len(stamps) >= 3 and len(set(stamps)) == len(stamps)

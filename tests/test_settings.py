@@ -20,7 +20,7 @@ DEFAULTS = {
     "postgres_password": "", "influxdb_url": "http://localhost:8086", "influxdb_token": "", "influxdb_org": "",
     "influxdb_bucket": "energy", "poll_cron": "* * * * * */10", "max_parallel_endpoints": 256, "workers": 0,
     "http_host": "127.0.0.1", "http_port": 9108, "health_stale_s": 0.0, "spool_dir": "spool",
-    "spool_max_mb": 512, "spool_retry_max_s": 60, "coordination": "none", "lease_s": 10.0,
+    "spool_max_mb": 512, "spool_retry_max_s": 60, "coordination": "none", "lease_s": 10.0, "event_loop": "auto",
 }
 # variable -> Settings field, for the plain text settings
 TEXT = {
@@ -40,7 +40,7 @@ WHOLE_NUMBERS = {
     "POLL_LEASE_S": ("lease_s", 2, 3600),
 }
 EVERY_VARIABLE = [*TEXT, *WHOLE_NUMBERS, "POSTGRES_PASSWORD", "INFLUXDB_URL", "INFLUXDB_TOKEN", "POLL_CRON",
-                  "POLL_COORDINATION"]
+                  "POLL_COORDINATION", "POLL_EVENT_LOOP"]
 
 
 def fields(settings: Settings) -> dict[str, object]:
@@ -205,3 +205,23 @@ def test_coordination_is_none_or_postgres(raw, expected):
 def test_an_unknown_coordination_is_refused_naming_the_choices(raw):
     with pytest.raises(SettingsError, match=r"POLL_COORDINATION=.*'none'.*'postgres'"):
         from_env({"POLL_COORDINATION": raw})
+
+
+@pytest.mark.parametrize("raw, expected", [("auto", "auto"), (" uvloop ", "uvloop"), ("AsyncIO", "asyncio")])
+def test_the_event_loop_is_auto_uvloop_or_asyncio(raw, expected):
+    assert from_env({"POLL_EVENT_LOOP": raw}).event_loop == expected
+
+
+@pytest.mark.parametrize("raw", ["uv", "trio", "1"])
+def test_an_unknown_event_loop_is_refused_naming_the_choices(raw):
+    with pytest.raises(SettingsError, match=r"POLL_EVENT_LOOP=.* must be one of auto, uvloop, asyncio"):
+        from_env({"POLL_EVENT_LOOP": raw})
+
+
+def test_uvloop_asked_for_where_it_is_not_installed_is_refused_and_auto_falls_back(monkeypatch):
+    from poller import loop
+
+    monkeypatch.setattr(loop, "available", lambda: False)
+    with pytest.raises(SettingsError, match=r"POLL_EVENT_LOOP=uvloop, but uvloop is not installed"):
+        from_env({"POLL_EVENT_LOOP": "uvloop"})
+    assert loop.chosen(from_env({}).event_loop) == "asyncio" and loop.describe("auto") == "asyncio"

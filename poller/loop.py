@@ -1,0 +1,50 @@
+"""The event loop the poller runs on (POLL_EVENT_LOOP): uvloop where it is installed, else asyncio's.
+
+uvloop (libuv under asyncio's API) costs less per request: on the bench's reference fleet
+11-15 % less CPU per reading, in one process and with worker processes (bench/README.md).
+Nothing in the poller depends on which loop runs it: the tests run it on both (the
+in-process tests on asyncio's, `python -m poller` on the default). `asyncio` is the way
+back should uvloop ever misbehave on some platform; `uvloop` insists on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+CHOICES = ("auto", "uvloop", "asyncio")
+
+T = TypeVar("T")
+
+
+def available() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def chosen(choice: str) -> str:
+    """The loop `choice` gives here: 'uvloop' or 'asyncio'."""
+    return "uvloop" if choice == "uvloop" or (choice == "auto" and available()) else "asyncio"
+
+
+def describe(choice: str) -> str:
+    if chosen(choice) == "uvloop":
+        import uvloop
+
+        return f"uvloop {uvloop.__version__}"
+    return "asyncio"
+
+
+def _factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if chosen(choice) == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None  # asyncio's default
+
+
+def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
+    """asyncio.run(main) on the chosen loop."""
+    with asyncio.Runner(loop_factory=_factory(choice)) as runner:
+        return runner.run(main)
