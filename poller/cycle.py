@@ -396,8 +396,9 @@ class Poller:
             try:
                 return await bus.read(block, meter.slave_address, dtype.timeout_s, pause=dtype.request_pause_s,
                                       connect_pause=connect_pause, fence=fence)
-            except NotOwner:
-                result.requests -= 1  # not sent
+            except NotOwner as exc:
+                if not exc.sent:
+                    result.requests -= 1  # not sent (one sent late counts, as it reached the device)
                 raise
             except ModbusError as exc:
                 result.errors += 1

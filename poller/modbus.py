@@ -78,10 +78,16 @@ class BadRequest(ModbusError):
 
 class NotOwner(ModbusError):
     """The bus's lease (several pollers, README "Several pollers") ends before this request's
-    reply window would: nothing was sent, another instance polls the bus from now on."""
+    reply window would: another instance polls the bus from now on. Nothing was sent, unless
+    `sent` (the process was paused as it wrote the request: it went out late, its reply is thrown
+    away)."""
 
     kind = "not_owner"
     breaks_connection = False
+
+    def __init__(self, message: str, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class ExceptionReply(ModbusError):

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 from poller.cycle import MAX_BACKOFF_CYCLES, Poller
-from poller.modbus import ExceptionReply, ResponseTimeout
+from poller.modbus import ExceptionReply, NotOwner, ResponseTimeout
 from poller.model import DataType, DeviceType, FunctionCode, Meter, ReadBlock, Register
 
 HOLDING = FunctionCode.READ_HOLDING_REGISTERS
@@ -224,6 +224,20 @@ def test_a_stop_in_the_middle_of_a_meter_keeps_what_it_read():
             await task
 
     asyncio.run(run())
+    assert values(out.lines) == {"m1": 0.0, "m2": 1.0}
+
+
+@pytest.mark.parametrize("sent", [False, True])
+def test_a_meter_whose_bus_lease_ended_is_handed_off_with_the_requests_that_reached_the_device(sent):
+    """A request held back by the lease (NotOwner) is no request made; one the process wrote late
+    (paused as it sent it, transport.py) reached the device and counts, though its reply is
+    thrown away. Either way the meter is handed off, not failed, and what was read is kept."""
+    bus = FakeBus(lambda n, block, unit: NotOwner("lease over", sent=sent) if block.address == 100 else None)
+    out = Lines()
+    report = asyncio.run(Poller(out, status_points=False, connect=bus).run_cycle([meter()]))
+    (result,) = report.results
+    assert result.handed_off and not result.error and report.meters_failed == 0
+    assert result.requests == (2 if sent else 1) and len(bus.requests) == 2
     assert values(out.lines) == {"m1": 0.0, "m2": 1.0}
 
 
