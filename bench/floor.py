@@ -30,6 +30,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.framer import FramerType
@@ -83,6 +84,32 @@ def planned_requests() -> tuple[dict[Endpoint, list[tuple[int, ReadBlock]]], int
     return by_endpoint, readings
 
 
+async def timed_rounds(rounds: int, gateway: Callable[[Endpoint], Awaitable[None]],
+                       by_endpoint: dict[Endpoint, list[tuple[int, ReadBlock]]], readings: int) -> dict[str, object]:
+    """A warm-up round (first requests, lazy imports), then `rounds` timed ones: every gateway in parallel."""
+
+    async def one_round() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(gateway(ep) for ep in by_endpoint))
+        return time.perf_counter() - started
+
+    await one_round()
+    walls = []
+    cpu0 = cpu_s()
+    for _ in range(rounds):
+        walls.append(await one_round())
+    cpu = (cpu_s() - cpu0) / rounds
+    return {
+        "rounds": rounds,
+        "requests_per_round": sum(len(v) for v in by_endpoint.values()),
+        "readings_per_round": readings,
+        "wall_s": statistics.median(walls),
+        "wall_min_s": min(walls),
+        "cpu_s_per_round": cpu,
+        "cpu_us_per_reading": cpu / readings * 1e6 if readings else 0.0,
+    }
+
+
 async def run(rounds: int) -> dict[str, object]:
     by_endpoint, readings = planned_requests()
     clients = {ep: client_for(*ep) for ep in by_endpoint}
@@ -98,29 +125,10 @@ async def run(rounds: int) -> dict[str, object]:
             if reply.isError():
                 raise RuntimeError(f"{ep} unit {unit} {block}: {reply}")
 
-    async def one_round() -> float:
-        started = time.perf_counter()
-        await asyncio.gather(*(gateway(ep) for ep in by_endpoint))
-        return time.perf_counter() - started
-
-    await one_round()  # warm-up: first requests, lazy imports
-    walls = []
-    cpu0 = cpu_s()
-    for _ in range(rounds):
-        walls.append(await one_round())
-    cpu = (cpu_s() - cpu0) / rounds
+    result = await timed_rounds(rounds, gateway, by_endpoint, readings)
     for c in clients.values():
         c.close()
-    return {
-        "rounds": rounds,
-        "transports": sorted({ep[2].value for ep in by_endpoint}),
-        "requests_per_round": sum(len(v) for v in by_endpoint.values()),
-        "readings_per_round": readings,
-        "wall_s": statistics.median(walls),
-        "wall_min_s": min(walls),
-        "cpu_s_per_round": cpu,
-        "cpu_us_per_reading": cpu / readings * 1e6 if readings else 0.0,
-    }
+    return {**result, "transports": sorted({ep[2].value for ep in by_endpoint})}
 
 
 class _Lean(asyncio.Protocol):
@@ -167,30 +175,11 @@ async def run_lean(rounds: int) -> dict[str, object]:
         for frame, size in frames[ep]:
             await link.ask(frame, size)
 
-    async def one_round() -> float:
-        started = time.perf_counter()
-        await asyncio.gather(*(gateway(ep) for ep in by_endpoint))
-        return time.perf_counter() - started
-
-    await one_round()
-    walls = []
-    cpu0 = cpu_s()
-    for _ in range(rounds):
-        walls.append(await one_round())
-    cpu = (cpu_s() - cpu0) / rounds
+    result = await timed_rounds(rounds, gateway, by_endpoint, readings)
     for link in links.values():
         assert link.transport is not None
         link.transport.close()
-    return {
-        "client": f"lean ({event_loop.describe('auto')})",
-        "rounds": rounds,
-        "requests_per_round": sum(len(v) for v in by_endpoint.values()),
-        "readings_per_round": readings,
-        "wall_s": statistics.median(walls),
-        "wall_min_s": min(walls),
-        "cpu_s_per_round": cpu,
-        "cpu_us_per_reading": cpu / readings * 1e6 if readings else 0.0,
-    }
+    return {**result, "client": f"lean ({event_loop.describe('auto')})"}
 
 
 def main(argv: list[str] | None = None) -> int:
