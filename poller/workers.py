@@ -398,7 +398,7 @@ class WorkerPool:
         return merge_reports(parts, time.monotonic() - started)
 
     def close(self) -> None:
-        """Immediate stop (atexit, errors): the pipes close, workers exit; stragglers are killed.
+        """Immediate stop (atexit, errors): the channels close, workers exit; stragglers are killed.
         Blocking (up to about 2 s per worker that will not go); call it from the event loop's thread."""
         self._closing = True
         for task in self._restarting:
@@ -552,7 +552,7 @@ class WorkerPool:
 
 
 def _reap(process: BaseProcess, timeout_s: float) -> int | None:
-    """The exit code of a worker whose pipe closed; one that lingers is killed."""
+    """The exit code of a worker whose channel closed; one that lingers is killed."""
     process.join(timeout_s)
     if process.exitcode is None:
         process.kill()

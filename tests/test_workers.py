@@ -284,6 +284,23 @@ def test_a_stop_mid_read_hands_over_what_the_workers_had_read(gateways):
         slow.close()
 
 
+def test_an_immediate_close_lets_the_workers_see_the_end_at_once(gateways):
+    """close() is the blocking stop (atexit, a failed start): the event loop does not run again
+    before it joins, yet each worker must see its channel end and exit by itself, not be killed
+    after the join's second."""
+
+    async def scenario() -> WorkerPool:
+        pool = WorkerPool(Lines(), 2)
+        meters = [meter(1, "127.0.0.1", gateways[0].port), meter(2, "127.0.0.1", gateways[1].port)]
+        pool.forget_except(meters)
+        assert (await pool.run_cycle(meters)).meters_ok == 2  # both workers up and serving
+        pool.close()  # joins each worker for up to 1 s, then kills it
+        return pool
+
+    pool = asyncio.run(scenario())
+    assert [h.process.exitcode for h in pool.workers] == [0, 0]  # exited, not killed
+
+
 # --------------------------------------------------------------------------- python -m poller
 
 
