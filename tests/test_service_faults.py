@@ -291,12 +291,30 @@ def problems_beyond_bad_rows(text: str) -> list[str]:
             problems.append(line)
         elif level not in ("ERROR", "CRITICAL"):
             continue
-        elif logger == "poller.cycle" and " failed: " in message:  # a meter that cannot be read: its own error
-            if message.split(" failed: ", 1)[1].startswith("internal error"):
+        elif logger == "poller" and message.startswith("meter ") and ") failed: " in message:
+            # a meter that cannot be read (cycle.DeviceHealth: "<meter> failed: <why>"), e.g. a host no
+            # name server knows: a bad row's own error, unless the why is a bug of ours
+            if message.split(") failed: ", 1)[1].startswith("internal error"):
                 problems.append(line)
         elif logger != "poller.schedule":  # "schedule ... has no next fire time" is a bad row's report
             problems.append(line)
     return problems
+
+
+def test_a_meter_that_cannot_be_read_is_a_bad_row_reported_and_a_bug_is_a_problem():
+    """The log reader of the test below. A CI run generated a meter at meter-1.example with a
+    pollable map: its "name not resolved" is that row's own error, which the reader, looking for
+    a logger the cycle does not use, took for a problem."""
+    t = "2026-11-27 17:55:49,004"
+    unresolved = (f"{t} ERROR poller: meter 3 (meter-1.example:546 unit 131, c) failed: cannot connect to "
+                  "meter-1.example:546: name not resolved (Name or service not known)")
+    odd_host = f"{t} ERROR poller: meter 4 (rejected) x:1 unit 1, a) failed: no reply from x:1 unit 1 within 3 s"
+    bug = f"{t} ERROR poller: meter 5 (h:502 unit 1, a) failed: internal error: KeyError: 7"
+    lost = f"{t} INFO poller: cycle: meters ok=1 failed=0 readings=1 NOT WRITTEN=1"
+    crash = f"{t} ERROR poller: cycle at 17:55:49 failed"
+    frame = '  File "poller/cycle.py", line 3, in run_cycle'
+    assert problems_beyond_bad_rows("\n".join([unresolved, odd_host, bug, lost, crash, frame])) == [
+        bug, lost, crash, frame]
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
