@@ -274,8 +274,21 @@ class _Bus:
         return ConnectError(f"cannot connect to {self}: {type(exc).__name__}: {exc}")
 
 
+# A reply window's end is given this much more, so that the event loop looks at the sockets once
+# before the read fails: uvloop (libuv) runs the timers that fell due before it polls, so after
+# the loop was held up (a long callback, the process descheduled on a busy host) a reply that came
+# in time would lose to its own timeout. asyncio's loop polls first; this costs it nothing.
+EXPIRY_GRACE_S = 0.001
+
+
 def _expire(reply: asyncio.Future[Reply]) -> None:
-    """A request's reply window is over: its read fails with TimeoutError."""
+    """A request's reply window is over: its read fails with TimeoutError, after the sockets'
+    next look (EXPIRY_GRACE_S)."""
+    if not reply.done():
+        asyncio.get_running_loop().call_later(EXPIRY_GRACE_S, _time_out, reply)
+
+
+def _time_out(reply: asyncio.Future[Reply]) -> None:
     if not reply.done():
         reply.set_exception(TimeoutError())
 

@@ -1434,3 +1434,41 @@ def test_a_request_written_after_the_lease_ended_gives_no_reading_and_nothing_mo
 
     device = asyncio.run(run())
     assert len(device.requests) == 1  # the late one only
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_reply_that_came_in_time_while_the_event_loop_was_held_up_is_taken_not_timed_out(loop):
+    """The event loop held up (a long callback, the process descheduled on a busy host) past a
+    request's timeout, while its reply arrived in time: when the loop runs again the reply is
+    in the socket. asyncio's loop looks at the sockets before the timers; uvloop (libuv) runs
+    due timers first, and the request timed out with its reply unread. A reply window that
+    ends while the loop was held up is given one look at the sockets before it fails."""
+    from poller import loop as event_loop
+    from tests.servers import ModbusServerThread
+    from virtual_server.server import SimulatedServer
+
+    server = ModbusServerThread(SimulatedServer(units={}, default=lambda: {(3, a): a for a in range(10)}))
+
+    async def run() -> list[int]:
+        bus = open_bus(BusAddress(Transport.TCP, "127.0.0.1", server.port))
+        try:
+            await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=2)  # connected
+            # another socket's reader holds the loop up (uvloop runs it in its I/O phase, right
+            # before the timers of the next turn) once the request is out
+            loop = asyncio.get_running_loop()
+            mine, theirs = socket.socketpair()
+            loop.add_reader(mine.fileno(), lambda: (mine.recv(1), time.sleep(0.5)))
+            loop.call_soon(theirs.send, b"x")
+            try:
+                return await bus.read(ReadBlock(HOLDING, 2, 2, ()), 1, timeout=0.2)
+            finally:
+                loop.remove_reader(mine.fileno())
+                mine.close()
+                theirs.close()
+        finally:
+            bus.close()
+
+    try:
+        assert event_loop.run(run(), loop) == [2, 3]
+    finally:
+        server.close()
