@@ -3,11 +3,13 @@
 uvloop (libuv under asyncio's API) costs less per request: on the bench's reference fleet
 11-15 % less CPU per reading, in one process and with worker processes (bench/README.md).
 The poller behaves the same on both: the tests run it on both (the in-process tests on
-asyncio's, `python -m poller` on the default). The one difference that mattered: uvloop runs
-the timers that fell due before it polls the sockets, so after the loop was held up a reply
-that came in time lost to its timeout; a reply window's end now gives the sockets one look
-first (transport.EXPIRY_GRACE_S, tested on both loops). `asyncio` is the way back should
-uvloop ever misbehave on some platform; `uvloop` insists on it.
+asyncio's unless they say, `python -m poller` on the default). Two differences mattered, both
+handled in poller/transport.py and tested on both loops: uvloop runs the timers that fell due
+before it polls the sockets (after the loop was held up, a reply that came in time lost to its
+timeout: a reply window's end now gives the sockets one look first, EXPIRY_GRACE_S), and its
+timers may fire a millisecond early (a pause, a connect pause and a reply window are least
+times: their waits check the clock). `asyncio` is the way back should uvloop ever misbehave on
+some platform; `uvloop` insists on it.
 """
 
 from __future__ import annotations

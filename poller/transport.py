@@ -151,9 +151,7 @@ class _Bus:
         """
         async with self._lock:
             if pause:
-                wait = self._last_end + pause - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                await _sleep_until(self._last_end + pause)
             try:
                 return await self._read(block, unit, timeout, connect_pause, fence)
             finally:
@@ -202,14 +200,10 @@ class _Bus:
         except ValueError as exc:
             raise BadRequest(f"{self} unit {unit}, {block}: not sent: {exc}") from None
         self._window_end = 0.0  # nothing in flight yet: a failure before sending reserves nothing
-        wait = self._reserved_until - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await _sleep_until(self._reserved_until)
         link = await self._connect(timeout)
         try:
-            wait = self._connected_at + connect_pause - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await _sleep_until(self._connected_at + connect_pause)
             await self._before_send(link, request, block, timeout)
             window = timeout + self._wire_time(request)
             now = time.monotonic()
@@ -231,7 +225,7 @@ class _Bus:
                                "ended (the process was paused as it sent it); its reply is discarded", sent=True)
             # the reply's own timer, not asyncio.timeout: the same end at half its cost (about 3 us a
             # request instead of 6 here)
-            timer = asyncio.get_running_loop().call_later(window, _expire, pending)
+            timer = asyncio.get_running_loop().call_later(window, _expire, pending, now + window, False)
             try:
                 reply = await pending
             finally:
@@ -274,6 +268,14 @@ class _Bus:
         return ConnectError(f"cannot connect to {self}: {type(exc).__name__}: {exc}")
 
 
+async def _sleep_until(deadline: float) -> None:
+    """Until time.monotonic() reaches `deadline`, never before: uvloop's timers may fire a
+    millisecond early (libuv keeps milliseconds and the time a loop turn began), and a pause, a
+    connect pause or the wait for a failed request's reply window is a least time."""
+    while (wait := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(wait)
+
+
 # A reply window's end is given this much more, so that the event loop looks at the sockets once
 # before the read fails: uvloop (libuv) runs the timers that fell due before it polls, so after
 # the loop was held up (a long callback, the process descheduled on a busy host) a reply that came
@@ -281,15 +283,18 @@ class _Bus:
 EXPIRY_GRACE_S = 0.001
 
 
-def _expire(reply: asyncio.Future[Reply]) -> None:
-    """A request's reply window is over: its read fails with TimeoutError, after the sockets'
-    next look (EXPIRY_GRACE_S)."""
-    if not reply.done():
-        asyncio.get_running_loop().call_later(EXPIRY_GRACE_S, _time_out, reply)
-
-
-def _time_out(reply: asyncio.Future[Reply]) -> None:
-    if not reply.done():
+def _expire(reply: asyncio.Future[Reply], deadline: float, looked: bool) -> None:
+    """A request's reply window ends at `deadline` (time.monotonic()): then, once the sockets have
+    had their look (`looked`, EXPIRY_GRACE_S later), its read fails with TimeoutError. A timer
+    that fired early (uvloop's may, by a millisecond) waits out the rest first."""
+    if reply.done():
+        return
+    left = deadline - time.monotonic()
+    if left > 0:  # early: the rest of the window first
+        asyncio.get_running_loop().call_later(left, _expire, reply, deadline, False)
+    elif not looked:
+        asyncio.get_running_loop().call_later(EXPIRY_GRACE_S, _expire, reply, deadline, True)
+    else:
         reply.set_exception(TimeoutError())
 
 

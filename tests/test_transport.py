@@ -29,6 +29,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer, ModbusUdpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from poller import loop as event_loop
 from poller.modbus import (
     BadReply,
     BadRequest,
@@ -45,6 +46,7 @@ from tests.test_modbus import AsyncioTrouble, reply_bytes, rtu_frame, rtu_reply
 
 HOLDING, INPUT = FunctionCode.READ_HOLDING_REGISTERS, FunctionCode.READ_INPUT_REGISTERS
 KINDS = ("tcp", "rtuovertcp", "udp", "serial")
+LOOPS = ("asyncio", "uvloop")  # poller/loop.py: the tests in this file run on asyncio's unless they say
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # pymodbus logs every exception reply it sends
 
@@ -502,8 +504,10 @@ def test_concurrent_readers_on_one_bus_never_overlap(kind, tmp_path):
         assert len(connections) == 1
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_pause_separates_requests_on_every_kind(kind, tmp_path):
+def test_the_pause_separates_requests_on_every_kind(kind, loop, tmp_path):
+    """At least the pause, on both event loops (uvloop's timers may fire a millisecond early)."""
     async def run():
         with AsyncioTrouble() as trouble, scripted(kind, tmp_path) as start:
             device, address, stop, _ = await start()
@@ -517,14 +521,15 @@ def test_the_pause_separates_requests_on_every_kind(kind, tmp_path):
         trouble.check()
         return device
 
-    device = asyncio.run(run())
+    device = event_loop.run(run(), loop)
     gaps = [nxt[0] - done for nxt, done in zip(device.requests[1:], device.answered, strict=False)]
     assert len(gaps) == 3 and min(gaps) >= 0.1, gaps
     assert max(gaps) < 0.3, gaps
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_connect_pause_is_kept_after_every_connect_and_only_then(kind, tmp_path):
+def test_connect_pause_is_kept_after_every_connect_and_only_then(kind, loop, tmp_path):
     """The first request on a connection (a port just opened, for serial) waits connect_pause;
     the next ones on it do not; after close() the next read connects and waits again."""
     pause = 0.25
@@ -547,7 +552,7 @@ def test_connect_pause_is_kept_after_every_connect_and_only_then(kind, tmp_path)
         trouble.check()
         return starts, device, connections
 
-    starts, device, connections = asyncio.run(run())
+    starts, device, connections = event_loop.run(run(), loop)
     arrivals = [at for at, _ in device.requests]
     waited = [at - s for at, s in zip(arrivals, starts, strict=True)]
     assert waited[0] >= pause and waited[3] >= pause, waited  # after connecting
@@ -1436,14 +1441,13 @@ def test_a_request_written_after_the_lease_ended_gives_no_reading_and_nothing_mo
     assert len(device.requests) == 1  # the late one only
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_a_reply_that_came_in_time_while_the_event_loop_was_held_up_is_taken_not_timed_out(loop):
     """The event loop held up (a long callback, the process descheduled on a busy host) past a
     request's timeout, while its reply arrived in time: when the loop runs again the reply is
     in the socket. asyncio's loop looks at the sockets before the timers; uvloop (libuv) runs
     due timers first, and the request timed out with its reply unread. A reply window that
     ends while the loop was held up is given one look at the sockets before it fails."""
-    from poller import loop as event_loop
     from tests.servers import ModbusServerThread
     from virtual_server.server import SimulatedServer
 
@@ -1472,3 +1476,36 @@ def test_a_reply_that_came_in_time_while_the_event_loop_was_held_up_is_taken_not
         assert event_loop.run(run(), loop) == [2, 3]
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_timeout_is_never_shorter_than_asked_on_either_loop(loop):
+    """A device that never answers: each read fails with ResponseTimeout no sooner than its
+    timeout after the request reached the device (uvloop's timers may fire a millisecond early;
+    the reply window waits out the rest)."""
+    timeout = 0.0405  # not a whole number of milliseconds
+
+    async def run() -> list[float]:
+        arrived: list[float] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(260):
+                arrived.append(time.monotonic())
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        bus = open_bus(BusAddress(Transport.TCP, "127.0.0.1", port))
+        waited = []
+        try:
+            for _ in range(20):
+                with pytest.raises(ResponseTimeout):
+                    await bus.read(ReadBlock(HOLDING, 0, 2, ()), 1, timeout=timeout)
+                waited.append(time.monotonic() - arrived[-1])
+        finally:
+            bus.close()
+            server.close()
+        return waited
+
+    waited = event_loop.run(run(), loop)
+    assert min(waited) >= timeout, waited
