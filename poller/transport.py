@@ -279,7 +279,8 @@ async def _sleep_until(deadline: float) -> None:
 # A reply window's end is given this much more, so that the event loop looks at the sockets once
 # before the read fails: uvloop (libuv) runs the timers that fell due before it polls, so after
 # the loop was held up (a long callback, the process descheduled on a busy host) a reply that came
-# in time would lose to its own timeout. asyncio's loop polls first; this costs it nothing.
+# in time would lose to its own timeout. (asyncio's loop polls first: there a timeout only ends
+# a millisecond later.)
 EXPIRY_GRACE_S = 0.001
 
 
