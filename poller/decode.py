@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 
 from .model import ByteOrder, DataType, ReadBlock, Register
 
 __all__ = ["BlockLayout", "DecodeError", "apply_scaling", "check_scale_factor", "decode_block_values",
-           "decode_raw", "encode_raw", "layout_of", "to_big_endian"]
+           "decode_raw", "encode_raw", "layout_of", "scale_factor_of", "to_big_endian"]
 
 # SunSpec limits scale factors to -10..10; anything else is a broken reply.
 SCALE_FACTOR_RANGE = range(-10, 11)
@@ -114,6 +114,16 @@ def check_scale_factor(register: Register, raw: int | float) -> int:
     if isinstance(raw, float) or raw not in SCALE_FACTOR_RANGE:
         raise DecodeError(f"scale factor {register.measurement}={raw} outside -10..10")
     return int(raw)
+
+
+def scale_factor_of(register: Register, raws: Mapping[str, int | float], by_name: Mapping[str, Register]) -> int | None:
+    """The power of ten `register`'s scale factor gives, from the raw numbers read (by measurement
+    name; `by_name`: the scale-factor registers); None when it has none."""
+    if register.scale_factor is None:
+        return None
+    if register.scale_factor not in raws:
+        raise DecodeError(f"{register.measurement}: scale factor {register.scale_factor} was not read")
+    return check_scale_factor(by_name[register.scale_factor], raws[register.scale_factor])
 
 
 def encode_raw(register: Register, raw: int | float) -> list[int]:
@@ -296,12 +306,7 @@ def _decode_linked(
                 invalid.append(f"{reg.measurement}: no data")
                 continue
             try:
-                sf = None
-                if reg.scale_factor is not None:
-                    if reg.scale_factor not in raws:
-                        raise DecodeError(f"{reg.measurement}: scale factor {reg.scale_factor} was not read")
-                    sf = check_scale_factor(by_name[reg.scale_factor], raws[reg.scale_factor])
-                values.append((index, reg, apply_scaling(reg, raw, sf)))
+                values.append((index, reg, apply_scaling(reg, raw, scale_factor_of(reg, raws, by_name))))
             except DecodeError as exc:
                 invalid.append(str(exc))
     return values, invalid

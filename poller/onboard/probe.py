@@ -11,7 +11,7 @@ wrong address shows the device's exception on its own row and the others their v
     voltage_l1   0        4   float32  0x4366 0x1999  230.1     V
     frequency    10       4   float32  -              -         Hz    exception 2 (illegal data address)
 
-Values are decoded with the poller's own functions (decode_raw, check_scale_factor,
+Values are decoded with the poller's own functions (decode_raw, scale_factor_of,
 apply_scaling), so a value shown is the value the poller would store. A "not available"
 sentinel and NaN are shown as such: the register read, the device has no value for it.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cycle import BUSY_RETRIES
-from ..decode import DecodeError, apply_scaling, check_scale_factor, decode_raw
+from ..decode import DecodeError, apply_scaling, decode_raw, scale_factor_of
 from ..logsafe import escape_controls
 from ..modbus import BUSY_CODES, EXCEPTION_NAMES, SPLIT_CODES, ConnectError, ExceptionReply, ModbusError
 from ..model import DeviceType, ReadBlock, Register
@@ -164,11 +164,8 @@ def _decode(row: Row, raws: dict[str, int | float], by_name: dict[str, Register]
         return
     notes = []
     try:
-        sf = None
-        if reg.scale_factor is not None:
-            if reg.scale_factor not in raws:
-                raise DecodeError(f"scale factor {reg.scale_factor} was not read")
-            sf = check_scale_factor(by_name[reg.scale_factor], raws[reg.scale_factor])
+        sf = scale_factor_of(reg, raws, by_name)
+        if sf is not None:
             notes.append(f"{reg.scale_factor} = {sf}")
         row.value = apply_scaling(reg, raw, sf)
     except DecodeError as exc:
