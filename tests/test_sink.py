@@ -4,12 +4,16 @@ by a real InfluxDB 1.x `/write` (strict: it rejects what InfluxDB 2 rejects)."""
 from __future__ import annotations
 
 import itertools
+import math
+import random
 import socket
+import struct
 import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +28,7 @@ from poller.sink import (
     SeriesKeys,
     StdoutSink,
     WriteError,
+    float_texts,
     meter_tags,
     parse_retry_after,
     reading_lines,
@@ -272,8 +277,31 @@ def test_status_line_fields_are_floats_written_as_python_writes_them() -> None:
 
 
 def reference_reading_lines(keys, decoded, times_ms):
-    """reading_lines as it was first written: the straightforward form the fast one must equal."""
+    """reading_lines as it was first written: the straightforward form the fast one must equal
+    (up to how a float's exponent is written: `same_as_repr`)."""
     return [f"{keys[reg.id]} value={value!r} {times_ms[index]}" for index, reg, value in decoded]
+
+
+def same_as_repr(text: str, value: float) -> bool:
+    """`text` reads back as exactly `value` (every bit, the sign of a zero too) and is the decimal
+    number repr writes (its shortest digits), perhaps written another way: `1e16` for `1e+16`,
+    `0.00001` for `1e-05`."""
+    return struct.pack(">d", float(text)) == struct.pack(">d", value) and Decimal(text) == Decimal(repr(value))
+
+
+def same_lines(ours: list[str], reference: list[str]) -> bool:
+    """The same lines, each value's text `same_as_repr` the reference's."""
+    def split(line: str) -> tuple[str, str, str]:
+        head, _, stamp = line.rpartition(" ")
+        key, _, text = head.rpartition(" value=")
+        return key, text, stamp
+
+    if len(ours) != len(reference):
+        return False
+    for mine, theirs in zip(map(split, ours), map(split, reference), strict=True):
+        if mine[0] != theirs[0] or mine[2] != theirs[2] or not same_as_repr(mine[1], float(theirs[1])):
+            return False
+    return True
 
 
 VALUES = st.one_of(st.floats(allow_nan=False, allow_infinity=False),
@@ -285,13 +313,55 @@ VALUES = st.one_of(st.floats(allow_nan=False, allow_infinity=False),
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 4), VALUES), max_size=40),
        st.lists(st.integers(0, 2**63), min_size=4, max_size=4))
 def test_reading_lines_equal_the_straightforward_form(decoded, times):
-    """Byte for byte: the series key, ` value=`, repr of the float, a space, the block's time."""
+    """The series key, ` value=`, the float as repr writes it (`same_as_repr`), a space, the block's time."""
     regs = {rid: replace(REG, id=rid, measurement=f"m{rid}") for rid in range(1, 5)}
     meter = Meter(3, "gw", 502, 1, DeviceType("sdm 630", tuple(regs.values())), description="a b")
     keys = SeriesKeys().for_meter(meter)
     rows = [(index, regs[rid], value) for index, rid, value in decoded]
-    assert reading_lines(keys, rows, times) == reference_reading_lines(keys, rows, times)
-    assert reading_lines(keys, iter(rows), times[:1] * 4) == reference_reading_lines(keys, rows, times[:1] * 4)
+    assert same_lines(reading_lines(keys, rows, times), reference_reading_lines(keys, rows, times))
+    once = times[:1] * 4
+    assert same_lines(reading_lines(keys, iter(rows), once), reference_reading_lines(keys, rows, once))
+
+
+@given(st.lists(VALUES, max_size=60))
+def test_float_texts_read_back_as_exactly_the_float_with_repr_digits(values):
+    texts = float_texts(values)
+    assert len(texts) == len(values)
+    for text, value in zip(texts, values, strict=True):
+        assert same_as_repr(text, value), (text, repr(value))
+
+
+def test_the_checks_of_a_float_text_fail_on_a_different_float():
+    """same_as_repr and same_lines, which the tests above rest on, can tell a wrong text."""
+    assert same_as_repr("1e16", 1e16) and same_as_repr("0.00001", 1e-05) and same_as_repr("-0.0", -0.0)
+    assert not same_as_repr("0.0", -0.0)  # the sign of a zero
+    assert not same_as_repr("230.1", 230.10000610351562)  # float32's shortest text is another float64
+    assert same_as_repr("0.30000000000000004", 0.1 + 0.2)  # repr's own text
+    assert not same_as_repr("0.3000000000000000444", 0.1 + 0.2)  # the same float, not repr's decimal
+    line = "m,meter=1 value=1.5 7"
+    assert same_lines([line], [line]) and not same_lines([line], ["m,meter=1 value=1.25 7"])
+    assert not same_lines([line], ["m,meter=2 value=1.5 7"]) and not same_lines([line], [line, line])
+
+
+def test_every_kind_of_float_is_stored_exactly_by_influxdb(influx: InfluxDB1) -> None:
+    """The texts float_texts writes (shortest digits, exponents as `1e16`, `1e-7`, subnormals), parsed
+    by the strict 1.x /write and read back: the same floats, bit for bit."""
+    rng = random.Random(11)
+    floats32 = [struct.unpack(">f", struct.pack(">I", rng.getrandbits(32)))[0] for _ in range(400)]
+    values = [v for v in floats32 if math.isfinite(v)] + [
+        0.0, 1e16, 1e-05, 1e-07, 5e-324, 2.0**64, 1e22, 123456789012345680.0, 3.4028234663852886e38,
+        1.401298464324817e-45, -1.1754943508222875e-38, 230.10000610351562, 0.1, 1 / 3]
+    regs = [replace(REG, id=i, measurement="v") for i in range(len(values))]
+    meter = Meter(3, "gw", 502, 1, DeviceType("sdm 630", tuple(regs)))
+    keys = SeriesKeys().for_meter(meter)
+    lines = reading_lines(keys, [(i, reg, v) for i, (reg, v) in enumerate(zip(regs, values, strict=True))],
+                          [T0 + i for i in range(len(values))])
+    assert any("e-" in line.split(" value=")[1] for line in lines), "no exponent written: the test tests nothing"
+    influx.create_database("floats")
+    assert influx.write("floats", "\n".join(lines)) == (204, ""), "the strict parser refused a line"
+    (series,) = influx.query("floats", 'SELECT "value" FROM "v"')
+    # (InfluxDB's JSON writes a float with no fraction as a whole number: float() of it)
+    assert [(t - T0, float(v)) for t, v in series["values"]] == list(enumerate(values))
 
 
 # --------------------------------------------------------------------------- through the v2 API
