@@ -10,16 +10,27 @@ timeout: a reply window's end now gives the sockets one look first, EXPIRY_GRACE
 timers may fire a millisecond early (a pause, a connect pause and a reply window are least
 times: their waits check the clock). `asyncio` is the way back should uvloop ever misbehave on
 some platform; `uvloop` insists on it.
+
+While it runs, the garbage collector looks at young objects every GC_YOUNG allocations instead of
+CPython's 700. A cycle makes and drops tens of thousands of small containers (requests, replies,
+decoded values); at 700 the collector kept walking the ones still in flight, promoted them, and
+every few cycles walked the whole heap (the configuration, the caches: 50 ms at 100 gateways, more
+the bigger the fleet). Side by side at 1000 gateways: 4.51 vs 4.87 us per reading, the cycle's p95
+1.85 vs 2.62 s; at 100 gateways the same CPU, p95 0.158 vs 0.181 s (bench/README.md). Objects
+without cycles are freed by their reference counts as before; cyclic garbage waits at most
+GC_YOUNG allocations longer (a few MB at most).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 CHOICES = ("auto", "uvloop", "asyncio")
+GC_YOUNG = 50_000  # allocations between two collections of the young generation (CPython: 700)
 
 T = TypeVar("T")
 
@@ -50,6 +61,11 @@ def _factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
-    """asyncio.run(main) on the chosen loop."""
-    with asyncio.Runner(loop_factory=_factory(choice)) as runner:
-        return runner.run(main)
+    """asyncio.run(main) on the chosen loop, the young generation collected every GC_YOUNG allocations."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, *thresholds[1:])
+    try:
+        with asyncio.Runner(loop_factory=_factory(choice)) as runner:
+            return runner.run(main)
+    finally:
+        gc.set_threshold(*thresholds)

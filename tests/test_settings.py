@@ -5,11 +5,13 @@ message naming what to fix."""
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import re
 
 import pytest
 
+from poller import loop as event_loop
 from poller.settings import Settings, SettingsError, from_env, load_env_file
 from tests.servers import free_port
 from tests.test_end_to_end import run_poller
@@ -210,6 +212,18 @@ def test_an_unknown_coordination_is_refused_naming_the_choices(raw):
 @pytest.mark.parametrize("raw, expected", [("auto", "auto"), (" uvloop ", "uvloop"), ("AsyncIO", "asyncio")])
 def test_the_event_loop_is_auto_uvloop_or_asyncio(raw, expected):
     assert from_env({"POLL_EVENT_LOOP": raw}).event_loop == expected
+
+
+@pytest.mark.parametrize("choice", ["auto", "asyncio"])
+def test_the_poller_runs_with_a_larger_young_generation_and_gives_it_back(choice):
+    """poller/loop.py: the service and its workers collect young objects every GC_YOUNG allocations."""
+    before = gc.get_threshold()
+
+    async def inside() -> tuple[int, ...]:
+        return gc.get_threshold()
+
+    assert event_loop.run(inside(), choice) == (event_loop.GC_YOUNG, *before[1:]) != before
+    assert gc.get_threshold() == before
 
 
 @pytest.mark.parametrize("raw", ["uv", "trio", "1"])
