@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import re
 import signal
 import socket
@@ -94,6 +95,30 @@ def test_buses_weigh_what_their_meters_read_and_spread_evenly():
     shards.update(weights)
     assert max(shards.load) - min(shards.load) <= max(weights.values())
     assert len(set(shards.of.values())) == 4
+
+
+TEXTS = st.lists(st.text(max_size=8), max_size=3)
+
+
+@given(st.builds(
+    dict, readings=st.integers(0, 10**6), invalid=TEXTS, counter_rejects=TEXTS, requests=st.integers(0, 99),
+    errors=st.integers(0, 99), error=st.none() | st.text(max_size=12), backed_off=st.booleans(),
+    handed_off=st.booleans(), duration_s=st.floats(0, 1e6), time_ms=st.integers(0, 2**63)))
+def test_a_meter_result_travels_whole(fields_):
+    """Every field of a MeterResult reaches the main process as the worker had it (the lines went
+    to the outbox before; the error as a WorkerError of the same kind and message)."""
+    m = meter(1)
+    error = None if fields_["error"] is None else ResponseTimeout(fields_["error"])
+    sent = MeterResult(m, lines=["x"], **{**fields_, "error": error})
+    pickled = pickle.loads(pickle.dumps(encode_report(CycleReport(results=[sent]))))
+    (got,) = decode_report(pickled, {1: m}).results
+    assert got.meter is m and got.lines == []
+    assert {**vars(got), "meter": None, "lines": None, "error": None} == {**vars(sent), "meter": None, "lines": None,
+                                                                         "error": None}
+    if error is None:
+        assert got.error is None
+    else:
+        assert isinstance(got.error, WorkerError) and (got.error.kind, str(got.error)) == ("timeout", str(error))
 
 
 def test_reports_merge_into_one_and_travel_without_their_meters():
