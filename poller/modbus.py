@@ -359,6 +359,7 @@ class StreamConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._request: Request | None = None
         self._reply: asyncio.Future[Reply] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the transport's (get_running_loop costs a getpid)
 
     @property
     def usable(self) -> bool:
@@ -376,9 +377,9 @@ class StreamConnection(asyncio.Protocol):
         """
         if self._request is not None:
             raise RuntimeError("a request is already in flight on this connection")
-        if self.closed is not None or self.transport is None:
+        if self.closed is not None or self.transport is None or self._loop is None:
             raise ConnectionClosed(self.closed or "not connected")
-        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[Reply] = self._loop.create_future()
         self._buffer.clear()
         self._request, self._reply = request, reply
         self.transport.write(frame)
@@ -393,6 +394,7 @@ class StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # create_connection: a stream transport
         self.peer = str(transport.get_extra_info("peername"))
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -464,6 +466,7 @@ class DatagramConnection(asyncio.DatagramProtocol):
         self.peer = "?"
         self._request: Request | None = None
         self._reply: asyncio.Future[Reply] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def usable(self) -> bool:
@@ -480,9 +483,9 @@ class DatagramConnection(asyncio.DatagramProtocol):
         """
         if self._request is not None:
             raise RuntimeError("a request is already in flight on this socket")
-        if self.closed is not None or self.transport is None:
+        if self.closed is not None or self.transport is None or self._loop is None:
             raise ConnectionClosed(self.closed or "not connected")
-        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[Reply] = self._loop.create_future()
         self._request, self._reply = request, reply
         self.transport.sendto(frame)  # an error here comes back through error_received
         return reply
@@ -503,6 +506,7 @@ class DatagramConnection(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
         self.peer = str(transport.get_extra_info("peername"))
+        self._loop = asyncio.get_running_loop()
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:

@@ -225,7 +225,7 @@ class _Bus:
                                "ended (the process was paused as it sent it); its reply is discarded", sent=True)
             # the reply's own timer, not asyncio.timeout: the same end at half its cost (about 3 us a
             # request instead of 6 here)
-            timer = asyncio.get_running_loop().call_later(window, _expire, pending, now + window, False)
+            timer = pending.get_loop().call_later(window, _expire, pending, now + window, False)
             try:
                 reply = await pending
             finally:
