@@ -75,6 +75,21 @@ class CycleReport:
     duration_s: float = 0.0
     results: list[MeterResult] = field(default_factory=list)
 
+    def add(self, res: MeterResult) -> None:
+        """One meter's result, counted."""
+        self.results.append(res)
+        self.requests += res.requests
+        self.readings += res.readings
+        self.invalid += len(res.invalid)
+        if res.ok:
+            self.meters_ok += 1
+        elif res.backed_off:
+            self.meters_backed_off += 1
+        elif res.handed_off:
+            self.meters_handed_off += 1
+        else:
+            self.meters_failed += 1
+
     def summary(self) -> str:
         text = (f"cycle: meters ok={self.meters_ok} failed={self.meters_failed} "
                 f"backed_off={self.meters_backed_off} readings={self.readings} invalid={self.invalid} "
@@ -148,8 +163,12 @@ class Poller:
 
     def __init__(self, readings: Readings, max_parallel_endpoints: int = 256, status_points: bool = True,
                  connect: Callable[[BusAddress], Bus] = open_bus,
-                 fence: Callable[[BusAddress], float] | None = None, counters: CounterGuard | None = None) -> None:
+                 fence: Callable[[BusAddress], float] | None = None, counters: CounterGuard | None = None,
+                 on_done: Callable[[MeterResult], None] | None = None) -> None:
         self.readings = readings
+        # on_done(result): a meter's poll is over and its lines were handed over (workers.py: its result
+        # travels with its lines, so a worker that dies later has still reported it)
+        self.on_done = on_done
         self.status_points = status_points  # write a poller_status point per meter and cycle
         self.connect = connect
         # fence(bus): the monotonic time this instance's right to poll the bus ends (lease.py), read
@@ -225,18 +244,7 @@ class Poller:
         groups = await asyncio.gather(*(self._poll_bus(a, g) for a, g in by_bus.items()))
         for results in groups:
             for res in results:
-                report.results.append(res)
-                report.requests += res.requests
-                report.readings += res.readings
-                report.invalid += len(res.invalid)
-                if res.ok:
-                    report.meters_ok += 1
-                elif res.backed_off:
-                    report.meters_backed_off += 1
-                elif res.handed_off:
-                    report.meters_handed_off += 1
-                else:
-                    report.meters_failed += 1
+                report.add(res)
         report.duration_s = time.monotonic() - started
         if self.counters is not None and (state := self.counters.snapshot()) is not None:
             await asyncio.to_thread(self.counters.write, state)  # at most every counters.SAVE_EVERY_S
@@ -326,6 +334,8 @@ class Poller:
         if self.status_points and not result.handed_off:
             result.lines.append(self.keys.status_line(meter, result))
         self.readings.put(result.lines)
+        if self.on_done is not None:
+            self.on_done(result)
 
     async def _read_blocks(self, bus: Bus, meter: Meter, result: MeterResult,
                            read: list[tuple[ReadBlock, list[int], int]], connect_pause: float,

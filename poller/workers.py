@@ -7,9 +7,11 @@ the configuration, the outbox and spool, the leases and /metrics: one service to
       each bus -> one worker (Shards)
       ("meters", Meter objects, fence slots, keep) -->  held by id, Poller.forget_except
       ("run", cycle, meter ids)                    -->  Poller.run_cycle(them), a task per request
-      Outbox.put(lines)                 <-- [lines]     a meter's lines the moment it is done (with those
-                                                        of the meters done in the same turn of its loop)
-      merged into one CycleReport       <-- ("report", cycle, counts, per-meter results)
+      Outbox.put(lines), results kept   <-- ("lines", lines, results)
+                                                        a meter's lines and result the moment it is done
+                                                        (with those of the meters done in the same turn
+                                                        of its loop)
+      merged into one CycleReport       <-- ("report", cycle, counts, the results not sent yet)
 
 Messages travel through a Channel (poller/channel.py) each way: pickled, framed, through each
 process's event loop, so neither process ever blocks on the other. Lines travel as a pickled
@@ -29,9 +31,10 @@ Fencing (POLL_COORDINATION=postgres): the lease deadlines live in shared memory
 (lease.SharedFences, written by the main process only); each bus's slot is sent with its
 meters, and the worker's Poller reads `values[slot]` just before each request.
 
-A worker that dies is seen at once (EOF on its channel): the meters of its cycles under way are
-reported failed (what it had sent is in the outbox), it is logged once at ERROR and a new
-one takes its place, with its buses, for the next tick (emm_worker_restarts_total). Workers
+A worker that dies is seen at once (EOF on its channel): the meters of its cycles under way that
+it had not sent the lines and result of are reported failed (what it had sent is in the outbox,
+and those meters count as it reported them), it is logged once at ERROR and a new one takes its
+place, with its buses, for the next tick (emm_worker_restarts_total). Workers
 ignore SIGINT and SIGTERM (the main process stops them: `aclose`) and exit when their channel
 to the main process closes, so they never outlive it.
 """
@@ -165,13 +168,26 @@ def _replace_error(values: tuple[Any, ...], error: Any) -> tuple[Any, ...]:
     return (*values[:_ERROR_AT], error, *values[_ERROR_AT + 1:])
 
 
-def encode_report(report: CycleReport) -> tuple[tuple[int, ...], list[tuple[int, tuple[Any, ...]]]]:
-    results = []
-    for r in report.results:
-        values = _result_values(r)
-        if r.error is not None:
-            values = _replace_error(values, (str(r.error), r.error.kind))
-        results.append((r.meter.id, values))
+def encode_result(r: MeterResult) -> tuple[int, tuple[Any, ...]]:
+    values = _result_values(r)
+    if r.error is not None:
+        values = _replace_error(values, (str(r.error), r.error.kind))
+    return r.meter.id, values
+
+
+def decode_result(encoded: tuple[int, tuple[Any, ...]], meters: Mapping[int, Meter]) -> MeterResult:
+    meter_id, values = encoded
+    if values[_ERROR_AT] is not None:
+        values = _replace_error(values, WorkerError(*values[_ERROR_AT]))
+    return MeterResult(meters[meter_id], [], *values)
+
+
+def encode_report(report: CycleReport, sent: dict[int, MeterResult] | None = None,
+                  ) -> tuple[tuple[int, ...], list[tuple[int, tuple[Any, ...]]]]:
+    """The report's counts, and its results but those already sent with their lines (`sent`, by
+    id(); each one found is taken out of it)."""
+    sent = {} if sent is None else sent
+    results = [encode_result(r) for r in report.results if sent.pop(id(r), None) is not r]
     return tuple(getattr(report, name) for name in _COUNT_FIELDS), results
 
 
@@ -181,11 +197,7 @@ def decode_report(encoded: tuple[tuple[int, ...], list[tuple[int, tuple[Any, ...
     report = CycleReport()
     for name, count in zip(_COUNT_FIELDS, counts, strict=True):
         setattr(report, name, count)
-    results = report.results
-    for meter_id, values in rows:
-        if values[_ERROR_AT] is not None:
-            values = _replace_error(values, WorkerError(*values[_ERROR_AT]))
-        results.append(MeterResult(meters[meter_id], [], *values))
+    report.results.extend(decode_result(row, meters) for row in rows)
     return report
 
 
@@ -230,10 +242,15 @@ class _Worker:
         self.channel = Channel(f"worker {index}", self._handle, self._finish)
         self.poller = Poller(self, options.max_parallel_endpoints, status_points=options.status_points,
                              fence=self.fence if options.fenced else None,
-                             counters=counter_guard(options.counters_dir, f"counters-worker-{index}.json"))
+                             counters=counter_guard(options.counters_dir, f"counters-worker-{index}.json"),
+                             on_done=self.meter_done)
         self.done: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.batch: list[str] = []  # lines put in this turn of the event loop, not sent yet
+        self.results: list[tuple[int, tuple[Any, ...]]] = []  # the results of the meters those lines are of
+        # the results sent with their lines, by id(), until their cycle's report leaves them out (held
+        # here, so no other object can take their id meanwhile)
+        self.sent: dict[int, MeterResult] = {}
 
     def fence(self, address: BusAddress) -> float:
         """The lease deadline the main process keeps for the bus (0.0: not held, send nothing)."""
@@ -243,21 +260,31 @@ class _Worker:
     def put(self, lines: Sequence[str]) -> None:
         """A meter's lines: sent at the end of this turn of the event loop, together with those of
         the other meters finished in the same turn (one message, one wake-up of the main process)."""
-        if not lines:
-            return
-        if not self.batch and self.loop is not None:
+        if lines:
+            self._soon()
+            self.batch.extend(lines)
+
+    def meter_done(self, result: MeterResult) -> None:
+        """The meter's result (Poller's on_done, right after its lines): sent with them, so what
+        the main process counts of a worker that dies later includes every meter it heard of."""
+        encoded = encode_result(result)
+        self._soon()
+        self.results.append(encoded)
+        self.sent[id(result)] = result
+
+    def _soon(self) -> None:
+        if not self.batch and not self.results and self.loop is not None:
             self.loop.call_soon(self._flush)
-        self.batch.extend(lines)
 
     def _flush(self) -> None:
-        if self.batch:
-            batch, self.batch = self.batch, []
-            self._send(batch)
+        if self.batch or self.results:
+            message = ("lines", self.batch, self.results)
+            self.batch, self.results = [], []
+            self.channel.send(message)  # dropped once the main process is gone (and serve() ends)
 
     def _send(self, message: object) -> None:
-        if not isinstance(message, list):
-            self._flush()  # a cycle's report never overtakes its lines
-        self.channel.send(message)  # dropped once the main process is gone (and serve() ends)
+        self._flush()  # a cycle's report never overtakes its lines and results
+        self.channel.send(message)
 
     def _finish(self) -> None:
         """Stop serving (asked to, or the main process is gone): serve() cancels what still runs."""
@@ -309,17 +336,38 @@ class _Worker:
             report = await self.poller.run_cycle(meters)
         except asyncio.CancelledError:
             return  # the main process gave this cycle up (the service stops)
-        except Exception:  # a bug: the main process reports the cycle's meters failed
+        except Exception:  # a bug: the main process reports the cycle's meters it did not hear of failed
             log.exception("worker %d: cycle failed", self.index)
             self._send(("report", cycle, None, unknown))
         else:
-            self._send(("report", cycle, encode_report(report), unknown))
+            self._send(("report", cycle, encode_report(report, self.sent), unknown))
         finally:
             self.cycles.pop(cycle, None)
 
 
 # ---------------------------------------------------------------------------------------------
 # The main process's side
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A worker's part of a cycle under way: its meters, and the results heard so far (each comes
+    with the meter's lines)."""
+
+    future: asyncio.Future[CycleReport]
+    meters: dict[int, Meter]
+    heard: dict[int, tuple[int, tuple[Any, ...]]] = field(default_factory=dict)  # encoded, as they came
+
+    def results(self) -> list[MeterResult]:
+        return [decode_result(encoded, self.meters) for encoded in self.heard.values()]
+
+    def part(self, why: str) -> CycleReport:
+        """The part when the worker cannot report it: the results heard, the other meters failed."""
+        heard = CycleReport()
+        for result in self.results():
+            heard.add(result)
+        return merge_reports([heard, failed_part([m for i, m in self.meters.items() if i not in self.heard], why)],
+                             0.0)
 
 
 @dataclass(eq=False)
@@ -333,7 +381,7 @@ class _Handle:
     alive: bool = True
     sent: dict[int, Meter] = field(default_factory=dict)  # the meters it holds: the objects sent
     slots_sent: set[BusAddress] = field(default_factory=set)
-    pending: dict[int, tuple[asyncio.Future[CycleReport], list[Meter]]] = field(default_factory=dict)
+    pending: dict[int, _Pending] = field(default_factory=dict)  # by cycle, the oldest first
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -398,7 +446,7 @@ class WorkerPool:
             if not handle.alive:
                 future.set_result(failed_part(group, f"worker {index} is being restarted"))
             else:
-                handle.pending[cycle] = (future, group)
+                handle.pending[cycle] = _Pending(future, {m.id: m for m in group})
                 self._send_meters(handle, [m for m in group if handle.sent.get(m.id) is not m], keep=False)
                 handle.channel.send(("run", cycle, [m.id for m in group]))
             asked.append((handle, future))
@@ -493,33 +541,48 @@ class WorkerPool:
             handle.slots_sent.update(slots)
         handle.channel.send(("meters", changed, slots, list(handle.sent) if keep else None))
 
-    def _received(self, handle: _Handle, message: Any) -> None:
-        """A message from a worker: lines to the outbox, a report to its cycle."""
-        if type(message) is list:
-            self.readings.put(message)
+    def _received(self, handle: _Handle, message: tuple[Any, ...]) -> None:
+        """A message from a worker: lines to the outbox and their meters' results to their cycles,
+        or a cycle's report."""
+        if message[0] == "lines":
+            _, lines, results = message
+            if lines:
+                self.readings.put(lines)
+            for encoded in results:
+                self._heard(handle, encoded)
         else:
             self._reported(handle, message)
+
+    @staticmethod
+    def _heard(handle: _Handle, encoded: tuple[int, tuple[Any, ...]]) -> None:
+        """A meter's result: it belongs to the oldest cycle under way that polls the meter and has
+        not heard of it yet (a worker finishes a meter's polls in the order they were asked for)."""
+        meter_id = encoded[0]
+        for pending in handle.pending.values():
+            if meter_id in pending.meters and meter_id not in pending.heard:
+                pending.heard[meter_id] = encoded
+                return
 
     def _reported(self, handle: _Handle, message: tuple[Any, ...]) -> None:
         _, cycle, encoded, unknown = message
         pending = handle.pending.pop(cycle, None)
         if pending is None:
             return  # a cycle given up (cancelled)
-        future, group = pending
-        by_id = {m.id: m for m in group}
         if encoded is None:
-            part = failed_part(group, f"worker {handle.index}: the cycle failed (see its log)")
+            part = pending.part(f"worker {handle.index}: the cycle failed (see its log)")
         else:
             try:
-                part = decode_report(encoded, by_id)
-            except Exception:  # noqa: BLE001 - a bug: the cycle's meters count as failed, said loudly
+                part = decode_report(encoded, pending.meters)  # the counts, and the results not heard yet
+                part.results[:0] = pending.results()
+            except Exception:  # noqa: BLE001 - a bug: the meters not heard of count as failed, said loudly
                 log.exception("worker %d: its report could not be read", handle.index)
-                part = failed_part(group, f"worker {handle.index}: unreadable report")
-        if unknown:
-            part = merge_reports([part, failed_part([by_id[i] for i in unknown if i in by_id],
-                                                    f"worker {handle.index} did not hold the meter")], 0.0)
-        if not future.done():
-            future.set_result(part)
+                part = pending.part(f"worker {handle.index}: unreadable report")
+            else:
+                if unknown:
+                    part = merge_reports([part, failed_part([pending.meters[i] for i in unknown if i in pending.meters],
+                                                            f"worker {handle.index} did not hold the meter")], 0.0)
+        if not pending.future.done():
+            pending.future.set_result(part)
 
     def _detach(self, handle: _Handle, now: bool = False) -> None:
         """No more reading from the worker; its channel closes (`now`: at once, Channel.close)."""
@@ -534,9 +597,9 @@ class WorkerPool:
         if not handle.alive:
             return  # detached on purpose
         self._detach(handle)
-        for future, group in handle.pending.values():
-            if not future.done():
-                future.set_result(failed_part(group, f"worker {handle.index} (pid {handle.pid}) died"))
+        for pending in handle.pending.values():
+            if not pending.future.done():
+                pending.future.set_result(pending.part(f"worker {handle.index} (pid {handle.pid}) died"))
         handle.pending.clear()
         if not self._closing:
             task = self._loop.create_task(self._restart(handle))
@@ -552,7 +615,7 @@ class WorkerPool:
         buses = sum(1 for i in self.shards.of.values() if i == dead.index)
         self.restarts += 1
         log.error("worker %d (pid %s) %s after %.1f s; a new worker takes over its %d bus(es)%s; the meters "
-                  "of its cycles under way are reported failed, what it had sent is kept",
+                  "of its cycles under way that it had not finished are reported failed, what it had sent is kept",
                   dead.index, dead.pid, describe_exit(code), lived, buses,
                   f" in {delay:g} s" if delay else " from the next tick")
         if delay:

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -34,10 +35,12 @@ from poller.workers import (
     WorkerError,
     WorkerLost,
     WorkerPool,
+    _Pending,
     bus_weights,
     decode_report,
     describe_exit,
     encode_report,
+    encode_result,
     failed_part,
     merge_reports,
 )
@@ -119,6 +122,30 @@ def test_a_meter_result_travels_whole(fields_):
         assert got.error is None
     else:
         assert isinstance(got.error, WorkerError) and (got.error.kind, str(got.error)) == ("timeout", str(error))
+
+
+def test_a_result_heard_goes_to_the_oldest_cycle_still_waiting_for_that_meter():
+    """Two cycles under way both poll meter 1 (its bus was free again before the first cycle ended):
+    its first result is the first cycle's, its second the second's; a worker that dies then leaves
+    each cycle with what it heard, the rest failed."""
+    a, b = meter(1), meter(2, "gw2")
+    loop = asyncio.new_event_loop()
+    try:
+        first = _Pending(loop.create_future(), {1: a, 2: b})
+        second = _Pending(loop.create_future(), {1: a})
+        handle = SimpleNamespace(pending={1: first, 2: second})
+        done = MeterResult(a, readings=3, requests=1)
+        WorkerPool._heard(handle, encode_result(done))  # type: ignore[arg-type]
+        WorkerPool._heard(handle, encode_result(MeterResult(a, requests=1, errors=1, error=ResponseTimeout("x"))))
+        WorkerPool._heard(handle, encode_result(MeterResult(meter(9), readings=1)))  # in no cycle: ignored
+        (one,), (two,) = first.results(), second.results()
+        assert one.meter is a and one.readings == 3 and one.ok
+        assert two.meter is a and not two.ok and isinstance(two.error, WorkerError)
+        part = first.part("worker 0 died")
+        assert (part.meters_ok, part.meters_failed, part.readings, part.requests) == (1, 1, 3, 1)
+        assert [(r.meter.id, type(r.error)) for r in part.results] == [(1, type(None)), (2, WorkerLost)]
+    finally:
+        loop.close()
 
 
 def test_reports_merge_into_one_and_travel_without_their_meters():
@@ -302,6 +329,38 @@ def test_a_stop_mid_read_hands_over_what_the_workers_had_read(gateways):
         assert {r.meter.id: r.ok for r in report.results} == {1: False, 2: True}, report.summary()
         assert [line.split(",")[0] for line in out.lines if "meter=1," in line] == ["s0"]
         assert all(h.process.exitcode == 0 for h in pool.workers)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        slow.close()
+
+
+def test_a_worker_killed_mid_cycle_reports_the_meters_it_had_finished_as_read():
+    """SIGKILL while the second of a bus's two meters waits for its reply: the first was read and
+    its lines handed over, so it counts as read (ok, its readings); only the second fails."""
+    slow = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=0.5))
+    meters = [Meter(1, "127.0.0.1", slow.port, 1, dtype(3)), Meter(2, "127.0.0.1", slow.port, 2, dtype(3))]
+
+    async def scenario() -> None:
+        out = Lines()
+        pool = WorkerPool(out, 1)
+        try:
+            pool.forget_except(meters)
+            assert (await pool.run_cycle(meters)).meters_ok == 2  # the worker is up and connected
+            out.lines.clear()
+            cycle = asyncio.ensure_future(pool.run_cycle(meters))
+            await asyncio.sleep(0.75)  # meter 1 read at 0.5 s; meter 2's reply due at 1.0 s
+            os.kill(pool.workers[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+            report = await asyncio.wait_for(cycle, 10)
+        finally:
+            await pool.aclose()
+        assert {r.meter.id: r.ok for r in report.results} == {1: True, 2: False}, report.summary()
+        assert (report.meters_ok, report.meters_failed, report.readings) == (1, 1, 3), report.summary()
+        (failed,) = [r for r in report.results if not r.ok]
+        assert isinstance(failed.error, WorkerLost) and "died" in str(failed.error)
+        assert len([line for line in out.lines if "meter=1," in line]) == 4  # 3 readings and its status point
+        assert not [line for line in out.lines if "meter=2," in line]
 
     try:
         asyncio.run(scenario())
