@@ -249,7 +249,8 @@ class _Worker:
         self.batch: list[str] = []  # lines put in this turn of the event loop, not sent yet
         self.results: list[tuple[int, tuple[Any, ...]]] = []  # the results of the meters those lines are of
         # the results sent with their lines, by id(), until their cycle's report leaves them out (held
-        # here, so no other object can take their id meanwhile)
+        # here, so no other object can take their id meanwhile; a cycle cancelled at the stop or failed
+        # by a bug leaves its few behind)
         self.sent: dict[int, MeterResult] = {}
 
     def fence(self, address: BusAddress) -> float:
