@@ -148,6 +148,22 @@ def test_a_result_heard_goes_to_the_oldest_cycle_still_waiting_for_that_meter():
         loop.close()
 
 
+def test_a_cycle_the_worker_could_not_report_counts_each_meter_once():
+    """The worker's cycle failed (a bug) and it did not hold meter 2: meter 1, heard, counts as read;
+    meter 2 fails once (it was counted twice: as not reported and as not held)."""
+    a, b = meter(1), meter(2, "gw2")
+    loop = asyncio.new_event_loop()
+    try:
+        pending = _Pending(loop.create_future(), {1: a, 2: b})
+        handle = SimpleNamespace(index=0, pending={7: pending})
+        WorkerPool._heard(handle, encode_result(MeterResult(a, readings=3, requests=1)))  # type: ignore[arg-type]
+        WorkerPool._reported(None, handle, ("report", 7, None, [2]))  # type: ignore[arg-type]
+        part = pending.future.result()
+        assert (part.meters_ok, part.meters_failed, len(part.results)) == (1, 1, 2), part.summary()
+    finally:
+        loop.close()
+
+
 def test_reports_merge_into_one_and_travel_without_their_meters():
     a, b, c = meter(1), meter(2, "gw2"), meter(3, "gw3")
     one = CycleReport(meters_ok=1, meters_failed=1, readings=2, invalid=1, requests=3, buses_busy=1,
