@@ -100,6 +100,14 @@ def wait_until(check, timeout: float, what: str, procs=()):  # type: ignore[no-u
         time.sleep(0.2)
 
 
+def per_whole_second(seen: list[tuple[float, int]], start: float, end: float) -> Counter[int]:
+    """Requests in each whole second from `start` to `end`, every such second present (0 if none came):
+    a second cut by the window's edge would count only some of its tick's requests."""
+    seconds = range(math.ceil(start), math.floor(end))
+    counts = Counter(int(t) for t, _ in seen if seconds.start <= t < seconds.stop)
+    return Counter({s: counts[s] for s in seconds})
+
+
 def transitions(seen: list[tuple[float, int]], since: float) -> list[tuple[str, int]]:
     """Where the connection sending on a bus changed: (seconds since `since`, connection)."""
     out: list[tuple[str, int]] = []
@@ -143,9 +151,9 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
         counts = wait_until(lambda: shared_fairly(3), 30, "12 buses shared 4/4/4", procs)
         assert set(counts) == {p.pid for p in procs}
         steady_from = time.time()
-        time.sleep(4)
+        time.sleep(5)  # at least 2 whole seconds between steady_from + 1 and the end - 1
         for i, seen in enumerate(fleet.seen()):
-            per_second = Counter(int(t) for t, _ in seen if steady_from + 1 <= t < time.time() - 1)
+            per_second = per_whole_second(seen, steady_from + 1, time.time() - 1)
             assert set(per_second.values()) == {UNITS}, f"bus {i}: requests per second {sorted(per_second.items())}"
 
         # SIGKILL one: its buses are polled by the others within the bound
@@ -195,9 +203,9 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
         postgres.start()
         wait_until(lambda: shared_fairly(2), 20, "12 buses shared again after the restart", procs[1:])
         settled = time.time()
-        time.sleep(3)
+        time.sleep(5)
         for i, seen in enumerate(fleet.seen()):
-            per_second = Counter(int(t) for t, _ in seen if settled + 1 <= t < time.time() - 1)
+            per_second = per_whole_second(seen, settled + 1, time.time() - 1)
             assert set(per_second.values()) == {UNITS}, f"bus {i} after the restart: {sorted(per_second.items())}"
     finally:
         rcs = [stop_process(p) for p in procs[1:]]

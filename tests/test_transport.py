@@ -1330,6 +1330,11 @@ def test_udp_ignores_datagrams_that_are_not_the_reply_and_refuses_a_wrong_reply(
             assert isinstance(outcome, ExceptionReply), (mode, outcome)
         elif mode in UDP_BAD:
             assert isinstance(outcome, BadReply), (mode, outcome)
+        elif mode == "late" and outcome == list(words):
+            # its own reply, 20 ms after the timeout: taken only when the event loop was held up past
+            # both (the suite's load), so the reply window's end gave the socket its one look
+            # (transport.EXPIRY_GRACE_S); never before the timeout was over
+            assert took[i] >= TIMEOUT, (mode, took[i])
         else:
             assert isinstance(outcome, ResponseTimeout), (mode, outcome)
     assert max(took) < TIMEOUT + 0.1, took  # a read costs its own timeout at most, whatever came before
