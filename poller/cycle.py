@@ -166,8 +166,9 @@ class Poller:
                  fence: Callable[[BusAddress], float] | None = None, counters: CounterGuard | None = None,
                  on_done: Callable[[MeterResult], None] | None = None) -> None:
         self.readings = readings
-        # on_done(result): a meter's poll is over and its lines were handed over (workers.py: its result
-        # travels with its lines, so a worker that dies later has still reported it)
+        # on_done(result): a meter's poll is over and its lines were handed over, for every result the
+        # cycle's report will hold (workers.py: each travels with its lines, so a worker that dies later
+        # has still reported it, and its cycle's report carries only the counts)
         self.on_done = on_done
         self.status_points = status_points  # write a poller_status point per meter and cycle
         self.connect = connect
@@ -274,7 +275,9 @@ class Poller:
                     if result.handed_off:
                         # the lease ended: what was read before is kept; the bus's other meters and
                         # their status points are the new owner's
-                        results.extend(MeterResult(m, handed_off=True, time_ms=result.time_ms) for m in meters[i + 1:])
+                        for other in meters[i + 1:]:
+                            results.append(left := MeterResult(other, handed_off=True, time_ms=result.time_ms))
+                            self._done(left)
                         break
                 if any(m.device_type.close_after_poll for m in meters):
                     bus.close()  # the quirk of devices that allow one client: the next poll reconnects
@@ -334,6 +337,9 @@ class Poller:
         if self.status_points and not result.handed_off:
             result.lines.append(self.keys.status_line(meter, result))
         self.readings.put(result.lines)
+        self._done(result)
+
+    def _done(self, result: MeterResult) -> None:
         if self.on_done is not None:
             self.on_done(result)
 

@@ -200,10 +200,12 @@ class _Bus:
         except ValueError as exc:
             raise BadRequest(f"{self} unit {unit}, {block}: not sent: {exc}") from None
         self._window_end = 0.0  # nothing in flight yet: a failure before sending reserves nothing
-        await _sleep_until(self._reserved_until)
+        if self._reserved_until > time.monotonic():  # a failed RTU request's window (no coroutine a request)
+            await _sleep_until(self._reserved_until)
         link = await self._connect(timeout)
         try:
-            await _sleep_until(self._connected_at + connect_pause)
+            if connect_pause:
+                await _sleep_until(self._connected_at + connect_pause)
             await self._before_send(link, request, block, timeout)
             window = timeout + self._wire_time(request)
             now = time.monotonic()
@@ -292,9 +294,9 @@ def _expire(reply: asyncio.Future[Reply], deadline: float, looked: bool) -> None
         return
     left = deadline - time.monotonic()
     if left > 0:  # early: the rest of the window first
-        asyncio.get_running_loop().call_later(left, _expire, reply, deadline, False)
+        reply.get_loop().call_later(left, _expire, reply, deadline, False)
     elif not looked:
-        asyncio.get_running_loop().call_later(EXPIRY_GRACE_S, _expire, reply, deadline, True)
+        reply.get_loop().call_later(EXPIRY_GRACE_S, _expire, reply, deadline, True)
     else:
         reply.set_exception(TimeoutError())
 

@@ -11,7 +11,7 @@ the configuration, the outbox and spool, the leases and /metrics: one service to
                                                         a meter's lines and result the moment it is done
                                                         (with those of the meters done in the same turn
                                                         of its loop)
-      merged into one CycleReport       <-- ("report", cycle, counts, the results not sent yet)
+      merged into one CycleReport       <-- ("report", cycle, counts)
 
 Messages travel through a Channel (poller/channel.py) each way: pickled, framed, through each
 process's event loop, so neither process ever blocks on the other. Lines travel as a pickled
@@ -19,7 +19,7 @@ list of str (measured: pickling and unpickling a meter's 30 lines takes 2.3 us, 
 splitting them again 3.1 us). The message, its system calls and the main loop's wake-up cost
 about 10 us of main-process CPU each, more than the pickling: a worker sends the lines of all
 the meters that finished in one turn of its event loop as one message, at the end of that turn.
-Reports carry meter ids, not Meter objects, which the main process has. Meter objects travel
+Results carry meter ids, not Meter objects, which the main process has. Meter objects travel
 when the configuration changes (`forget_except`), or with the first request that needs them.
 
 A bus stays with its worker while the pool runs (a bus that leaves the configuration and
@@ -78,10 +78,10 @@ RESTART_DELAYS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # a worker that keeps dying
 YOUNG_S = 10.0  # a worker that dies sooner than this after its start counts towards the delay
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
-# A report's per-meter results travel as (meter id, the fields after `meter` and `lines` in
-# MeterResult's own order): the lines were sent already, the main process has the meter, and
-# builds each result positionally (a fifth of the time keywords take, for every meter every
-# cycle). The error travels as its message and kind: the exception class may not pickle.
+# A meter's result travels with its lines as (meter id, the fields after `meter` and `lines` in
+# MeterResult's own order): the main process has the meter, and builds each result positionally
+# (a fifth of the time keywords take, for every meter every cycle). The error travels as its
+# message and kind: the exception class may not pickle.
 _RESULT_FIELDS = tuple(f.name for f in fields(MeterResult))[2:]
 _ERROR_AT = _RESULT_FIELDS.index("error")
 _result_values = operator.attrgetter(*_RESULT_FIELDS)
@@ -182,23 +182,14 @@ def decode_result(encoded: tuple[int, tuple[Any, ...]], meters: Mapping[int, Met
     return MeterResult(meters[meter_id], [], *values)
 
 
-def encode_report(report: CycleReport, sent: dict[int, MeterResult] | None = None,
-                  ) -> tuple[tuple[int, ...], list[tuple[int, tuple[Any, ...]]]]:
-    """The report's counts, and its results but those already sent with their lines (`sent`, by
-    id(); each one found is taken out of it)."""
-    sent = {} if sent is None else sent
-    results = [encode_result(r) for r in report.results if sent.pop(id(r), None) is not r]
-    return tuple(getattr(report, name) for name in _COUNT_FIELDS), results
+def report_counts(report: CycleReport) -> tuple[int, ...]:
+    """What a worker's report carries: its counts (its results went with their lines)."""
+    return tuple(getattr(report, name) for name in _COUNT_FIELDS)
 
 
-def decode_report(encoded: tuple[tuple[int, ...], list[tuple[int, tuple[Any, ...]]]],
-                  meters: Mapping[int, Meter]) -> CycleReport:
-    counts, rows = encoded
-    report = CycleReport()
-    for name, count in zip(_COUNT_FIELDS, counts, strict=True):
-        setattr(report, name, count)
-    report.results.extend(decode_result(row, meters) for row in rows)
-    return report
+def counted_report(counts: Sequence[int], results: list[MeterResult]) -> CycleReport:
+    """The report of `report_counts`, with the results the main process heard."""
+    return CycleReport(**dict(zip(_COUNT_FIELDS, counts, strict=True)), results=results)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,10 +239,6 @@ class _Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.batch: list[str] = []  # lines put in this turn of the event loop, not sent yet
         self.results: list[tuple[int, tuple[Any, ...]]] = []  # the results of the meters those lines are of
-        # the results sent with their lines, by id(), until their cycle's report leaves them out (held
-        # here, so no other object can take their id meanwhile; a cycle cancelled at the stop or failed
-        # by a bug leaves its few behind)
-        self.sent: dict[int, MeterResult] = {}
 
     def fence(self, address: BusAddress) -> float:
         """The lease deadline the main process keeps for the bus (0.0: not held, send nothing)."""
@@ -271,7 +258,6 @@ class _Worker:
         encoded = encode_result(result)
         self._soon()
         self.results.append(encoded)
-        self.sent[id(result)] = result
 
     def _soon(self) -> None:
         if not self.batch and not self.results and self.loop is not None:
@@ -341,7 +327,7 @@ class _Worker:
             log.exception("worker %d: cycle failed", self.index)
             self._send(("report", cycle, None, unknown))
         else:
-            self._send(("report", cycle, encode_report(report, self.sent), unknown))
+            self._send(("report", cycle, report_counts(report), unknown))
         finally:
             self.cycles.pop(cycle, None)
 
@@ -565,17 +551,17 @@ class WorkerPool:
                 return
 
     def _reported(self, handle: _Handle, message: tuple[Any, ...]) -> None:
-        _, cycle, encoded, unknown = message
+        _, cycle, counts, unknown = message
         pending = handle.pending.pop(cycle, None)
         if pending is None:
             return  # a cycle given up (cancelled)
-        if encoded is None:
+        if counts is None:
             part = pending.part(f"worker {handle.index}: the cycle failed (see its log)")
         else:
             try:
-                part = decode_report(encoded, pending.meters)  # the counts, and the results not heard yet
-                part.results[:0] = pending.results()
+                part = counted_report(counts, pending.results())
             except Exception:  # noqa: BLE001 - a bug: the meters not heard of count as failed, said loudly
+                # (the counts, sent by the worker, did not fit this process's CycleReport)
                 log.exception("worker %d: its report could not be read", handle.index)
                 part = pending.part(f"worker {handle.index}: unreadable report")
             else:
