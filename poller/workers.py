@@ -8,17 +8,18 @@ the configuration, the outbox and spool, the leases and /metrics: one service to
       ("meters", Meter objects, fence slots, keep) -->  held by id, Poller.forget_except
       ("run", cycle, meter ids)                    -->  Poller.run_cycle(them), a task per request
       Outbox.put(lines), results kept   <-- ("lines", lines, results)
-                                                        a meter's lines and result the moment it is done
-                                                        (with those of the meters done in the same turn
-                                                        of its loop)
+                                                        the lines and results of the meters done in
+                                                        the last HAND_OVER_S (20 ms), one message
       merged into one CycleReport       <-- ("report", cycle, counts)
 
 Messages travel through a Channel (poller/channel.py) each way: pickled, framed, through each
 process's event loop, so neither process ever blocks on the other. Lines travel as a pickled
 list of str (measured: pickling and unpickling a meter's 30 lines takes 2.3 us, joining and
-splitting them again 3.1 us). The message, its system calls and the main loop's wake-up cost
-about 10 us of main-process CPU each, more than the pickling: a worker sends the lines of all
-the meters that finished in one turn of its event loop as one message, at the end of that turn.
+splitting them again 3.1 us). The message, its system calls and the wake-ups cost about 10 us
+of main-process CPU each, more than the pickling: a worker gathers the lines and results of the
+meters it finishes for HAND_OVER_S after the first, then sends them as one message (a cycle's
+report goes out right after its last lines, without waiting). Sending each loop turn's meters
+at the end of that turn cost 6 % more CPU per reading with 2 workers (bench/README.md).
 Results carry meter ids, not Meter objects, which the main process has. Meter objects travel
 when the configuration changes (`forget_except`), or with the first request that needs them.
 
@@ -32,11 +33,11 @@ Fencing (POLL_COORDINATION=postgres): the lease deadlines live in shared memory
 meters, and the worker's Poller reads `values[slot]` just before each request.
 
 A worker that dies is seen at once (EOF on its channel): the meters of its cycles under way that
-it had not sent the lines and result of are reported failed (what it had sent is in the outbox,
-and those meters count as it reported them), it is logged once at ERROR and a new one takes its
-place, with its buses, for the next tick (emm_worker_restarts_total). Workers
-ignore SIGINT and SIGTERM (the main process stops them: `aclose`) and exit when their channel
-to the main process closes, so they never outlive it.
+it had not sent the lines and result of (not finished, or finished in its last HAND_OVER_S) are
+reported failed (what it had sent is in the outbox, and those meters count as it reported them),
+it is logged once at ERROR and a new one takes its place, with its buses, for the next tick
+(emm_worker_restarts_total). Workers ignore SIGINT and SIGTERM (the main process stops them:
+`aclose`) and exit when their channel to the main process closes, so they never outlive it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("poller.workers")
 
+HAND_OVER_S = 0.02  # a worker's finished meters wait this long for others to share their message
 JOIN_S = 3.0  # at stop: how long workers get to send their last lines and exit before they are killed
 RESTART_DELAYS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # a worker that keeps dying young waits longer
 YOUNG_S = 10.0  # a worker that dies sooner than this after its start counts towards the delay
@@ -237,8 +239,9 @@ class _Worker:
                              on_done=self.meter_done)
         self.done: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.batch: list[str] = []  # lines put in this turn of the event loop, not sent yet
+        self.batch: list[str] = []  # lines put since the last message, not sent yet
         self.results: list[tuple[int, tuple[Any, ...]]] = []  # the results of the meters those lines are of
+        self.timer: asyncio.TimerHandle | None = None
 
     def fence(self, address: BusAddress) -> float:
         """The lease deadline the main process keeps for the bus (0.0: not held, send nothing)."""
@@ -246,8 +249,8 @@ class _Worker:
         return 0.0 if slot is None else float(self.fences[slot])
 
     def put(self, lines: Sequence[str]) -> None:
-        """A meter's lines: sent at the end of this turn of the event loop, together with those of
-        the other meters finished in the same turn (one message, one wake-up of the main process)."""
+        """A meter's lines: sent within HAND_OVER_S, together with those of the other meters
+        finished meanwhile (one message, one wake-up of the main process)."""
         if lines:
             self._soon()
             self.batch.extend(lines)
@@ -260,10 +263,13 @@ class _Worker:
         self.results.append(encoded)
 
     def _soon(self) -> None:
-        if not self.batch and not self.results and self.loop is not None:
-            self.loop.call_soon(self._flush)
+        if self.timer is None and self.loop is not None:
+            self.timer = self.loop.call_later(HAND_OVER_S, self._flush)
 
     def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.batch or self.results:
             message = ("lines", self.batch, self.results)
             self.batch, self.results = [], []
