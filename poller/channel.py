@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import pickle
@@ -29,10 +30,21 @@ _LENGTH = struct.Struct("!I")  # a message's pickle's length, before it
 _PICKLE = pickle.HIGHEST_PROTOCOL
 
 
-def frame(message: object) -> bytes:
-    """One message as it travels."""
-    data = pickle.dumps(message, _PICKLE)
-    return _LENGTH.pack(len(data)) + data
+def frame(message: object, flat: bool = False) -> bytes:
+    """One message as it travels. `flat`: the message holds no object twice and none inside itself
+    (a batch of lines and results), so it is pickled without the memo that keeps shared objects
+    shared: for a worker's batch of 3,000 lines, 0.13 ms instead of 1.0 ms (bench/README.md)."""
+    if not flat:
+        data = pickle.dumps(message, _PICKLE)
+        return _LENGTH.pack(len(data)) + data
+    out = io.BytesIO()
+    out.write(bytes(_LENGTH.size))
+    pickler = pickle.Pickler(out, _PICKLE)
+    pickler.fast = True  # no memo: an object met twice is written twice, one inside itself raises ValueError
+    pickler.dump(message)
+    with out.getbuffer() as view:
+        _LENGTH.pack_into(view, 0, len(view) - _LENGTH.size)
+    return out.getvalue()
 
 
 def socket_of(conn: Connection) -> socket.socket:
@@ -116,11 +128,11 @@ class Channel(asyncio.Protocol):
 
     # the owner's
 
-    def send(self, message: object) -> None:
-        """Queue `message` (pickled now); dropped once the channel is closed."""
+    def send(self, message: object, flat: bool = False) -> None:
+        """Queue `message` (pickled now, `flat` as `frame` says); dropped once the channel is closed."""
         if self.closed:
             return
-        data = frame(message)
+        data = frame(message, flat)
         if self._transport is None:
             self._early.append(data)
         else:

@@ -15,10 +15,12 @@ the configuration, the outbox and spool, the leases and /metrics: one service to
 Messages travel through a Channel (poller/channel.py) each way: pickled, framed, through each
 process's event loop, so neither process ever blocks on the other. Lines travel as a pickled
 list of str (measured: pickling and unpickling a meter's 30 lines takes 2.3 us, joining and
-splitting them again 3.1 us). The message, its system calls and the wake-ups cost about 10 us
-of main-process CPU each, more than the pickling: a worker gathers the lines and results of the
-meters it finishes for HAND_OVER_S after the first, then sends them as one message (a cycle's
-report goes out right after its last lines, without waiting). Sending each loop turn's meters
+splitting them again 3.1 us), pickled flat (`channel.frame`: no memo, which a batch of distinct
+strings does not need and which made pickling it 8 times slower). The message, its system calls
+and the wake-ups cost about 10 us of main-process CPU each, more than the pickling: a worker
+gathers the lines and results of the meters it finishes for HAND_OVER_S after the first, then
+sends them as one message (a cycle's report goes out right after its last lines, without
+waiting). Sending each loop turn's meters
 at the end of that turn cost 6 % more CPU per reading with 2 workers (bench/README.md).
 Results carry meter ids, not Meter objects, which the main process has. Meter objects travel
 when the configuration changes (`forget_except`), or with the first request that needs them.
@@ -273,7 +275,7 @@ class _Worker:
         if self.batch or self.results:
             message = ("lines", self.batch, self.results)
             self.batch, self.results = [], []
-            self.channel.send(message)  # dropped once the main process is gone (and serve() ends)
+            self.channel.send(message, flat=True)  # dropped once the main process is gone (and serve() ends)
 
     def _send(self, message: object) -> None:
         self._flush()  # a cycle's report never overtakes its lines and results

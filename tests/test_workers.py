@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -114,7 +115,9 @@ def test_a_meter_result_travels_whole(fields_):
     m = meter(1)
     error = None if fields_["error"] is None else ResponseTimeout(fields_["error"])
     sent = MeterResult(m, lines=["x"], **{**fields_, "error": error})
-    got = decode_result(pickle.loads(pickle.dumps(encode_result(sent))), {1: m})
+    received: list[tuple[Any, ...]] = []
+    Channel("test", received.append, lambda: None).data_received(frame(("lines", [], [encode_result(sent)]), flat=True))
+    got = decode_result(received[0][2][0], {1: m})
     assert got.meter is m and got.lines == []
     assert {**vars(got), "meter": None, "lines": None, "error": None} == {**vars(sent), "meter": None, "lines": None,
                                                                          "error": None}
@@ -202,13 +205,15 @@ messages = st.lists(st.one_of(st.binary(max_size=3000), st.text(max_size=200),
 
 
 @settings(max_examples=150, deadline=None)
-@given(sent=messages, cuts=st.lists(st.integers(1, 5000), max_size=40))
-def test_channel_delivers_every_message_whole_and_in_order_however_the_bytes_arrive(sent, cuts):
+@given(sent=messages, flat=st.lists(st.booleans(), min_size=30, max_size=30),
+       cuts=st.lists(st.integers(1, 5000), max_size=40))
+def test_channel_delivers_every_message_whole_and_in_order_however_the_bytes_arrive(sent, flat, cuts):
     """The byte stream cut anywhere (a frame's length split, a pickle in pieces, many frames in
-    one read): each message comes out once, whole, in order, and none before its last byte."""
+    one read), frames pickled with and without a memo: each message comes out once, whole, in
+    order, and none before its last byte."""
     got: list[object] = []
     channel = Channel("test", got.append, lambda: None)
-    stream = b"".join(map(frame, sent))
+    stream = b"".join(frame(message, flat=f) for message, f in zip(sent, flat, strict=False))
     position = 0
     for cut in cuts:
         channel.data_received(stream[position:position + cut])
@@ -216,6 +221,15 @@ def test_channel_delivers_every_message_whole_and_in_order_however_the_bytes_arr
         assert got == sent[:len(got)]
     channel.data_received(stream[position:])
     assert got == sent
+
+
+def test_a_flat_frame_refuses_a_message_inside_itself():
+    """Without the memo, pickle cannot see a cycle by its memo: it stops at the nesting limit with
+    an error (never a frame that loops for ever)."""
+    looped: list[object] = ["line"]
+    looped.append(looped)
+    with pytest.raises(ValueError, match="cyclic"):
+        frame(("lines", looped, []), flat=True)
 
 
 def test_channel_never_blocks_the_sender_on_a_peer_that_does_not_read():
