@@ -239,7 +239,8 @@ CREATE TABLE bus_leases (
     bus        text        PRIMARY KEY,  -- ''tcp host:502'', ''udp host:502'', ''serial /dev/ttyUSB0''
     owner      text,                     -- poller_instances.instance; NULL: given back
     epoch      bigint      NOT NULL DEFAULT 1,  -- grows with every change of owner
-    expires_at timestamptz NOT NULL       -- nobody else may poll the bus before this
+    expires_at timestamptz NOT NULL,      -- nobody else may poll the bus before this
+    polled_through timestamptz            -- the owner's latest tick on the bus (at its last heartbeat)
 );
 COMMENT ON TABLE bus_leases IS 'which poller instance polls which bus, until when (poller/lease.py)';
 

@@ -91,6 +91,8 @@ CREATE TABLE IF NOT EXISTS bus_leases (
 );
 COMMENT ON TABLE bus_leases IS 'which poller instance polls which bus, until when (poller/lease.py)';
 GRANT SELECT, INSERT, UPDATE, DELETE ON poller_instances, bus_leases TO emm_reader;
+-- 2026-11: the ticks a bus misses while it changes instance are counted (README, "Several pollers")
+ALTER TABLE bus_leases ADD COLUMN IF NOT EXISTS polled_through timestamptz;
 
 -- 2026-11: the counter guard (README, "Counters that never lie") and scan signatures
 -- (README, "Onboarding")

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import loop as event_loop
 from .config import ConfigError, ConfigSource, ConfigWatcher
 from .cycle import Poller
-from .lease import Leases, heartbeat_s, wanted_buses
+from .lease import Leases, bus_key, heartbeat_s, wanted_buses
 from .logsafe import setup_logging
 from .model import DeviceType, Meter
 from .monitor import Monitor
@@ -181,6 +181,7 @@ class Service:
         self.watcher = ConfigWatcher(ConfigSource(settings))
         self.stop = asyncio.Event()
         self.running: set[asyncio.Task[None]] = set()
+        self.counting: set[asyncio.Future[int]] = set()  # ticks missed by buses that changed instance
         self.outbox: Outbox | None = None
         self.poller: Poller | WorkerPool | None = None  # WorkerPool: POLL_WORKERS > 0
         # several pollers (POLL_COORDINATION=postgres): the buses this instance holds the lease of
@@ -301,7 +302,9 @@ class Service:
         assert self.poller is not None
         due = self.schedule.due(meters, fired)
         if self.leases is not None:  # another instance polls the rest
-            due = [m for m in due if self.leases.owns(m.bus)]
+            due, gaps = self.leases.take(tick, due)
+            if gaps:
+                self._count_gaps(tick, gaps, meters)
         assert self.outbox is not None
         # the readings go to InfluxDB once the cycle is over (or after HOLD_WRITES_S): writing them
         # meanwhile would compete with the reading for the CPU (this process's, and InfluxDB's)
@@ -319,6 +322,33 @@ class Service:
         self.monitor.cycle_done(report)
         if report is not None:
             log.info("%s since_tick=%.3fs", report.summary(), since_tick)
+            if report.meters_handed_off and self.leases is not None:
+                self.leases.missed(report.meters_handed_off)
+
+    def _count_gaps(self, tick: datetime, gaps: dict[str, datetime], meters: tuple[Meter, ...]) -> None:
+        """Buses polled here for the first time since another instance (or this one, before a pause)
+        polled them: the ticks their meters had in between are counted, in a thread (a gap of hours
+        is many steps of croniter), and said once."""
+        assert self.leases is not None
+        crons: dict[str, list[str]] = {}
+        for meter in meters:
+            if meter.enabled and (key := bus_key(meter.bus)) in gaps:
+                crons.setdefault(key, []).append(self.schedule.cron_of(meter))
+        counting = asyncio.ensure_future(asyncio.to_thread(self.leases.count_gaps, tick, gaps, crons))
+        self.counting.add(counting)
+
+        def counted(task: asyncio.Future[int]) -> None:
+            self.counting.discard(task)
+            if task.cancelled():
+                return
+            if (exc := task.exception()) is not None:  # a bug: said, the service goes on
+                log.error("counting the ticks missed on %d bus(es) failed", len(gaps), exc_info=exc)
+            elif missed := task.result():
+                log.info("%d bus(es) polled here from %s on, first since %s elsewhere: %d meter-tick(s) in "
+                         "between had no poll (emm_meter_ticks_missed_total)", len(gaps), tick.strftime("%H:%M:%S"),
+                         min(gaps.values()).strftime("%H:%M:%S"), missed)
+
+        counting.add_done_callback(counted)
 
     async def _shut_down(self, watching: asyncio.Task[None] | None, leasing: asyncio.Task[None] | None) -> None:
         if self.running:

@@ -52,6 +52,14 @@ their next heartbeat (<= heartbeat_s later) and poll them from the next tick: at
 most lease_s + heartbeat_s + one poll interval after the death, and heartbeat_s is
 at most one poll interval (`heartbeat_s()`), so within lease_s + 2 poll intervals.
 
+The ticks a change of instance costs (`take`, `count_gaps`): bus_leases.polled_through is
+the latest tick the owner polled the bus at, written at every heartbeat, when the bus is
+given back (under a lock with the tick's check, so no tick is polled after the value given
+back) and at a clean stop; a claim keeps the previous owner's, or sets the claim's time on a
+bus nobody polled yet. The claimer, at its first tick on the bus, counts each meter's ticks
+strictly between the two. Exact for a bus given back; after a death, the ticks polled after
+the last heartbeat are counted too (an upper bound, by at most one heartbeat's ticks).
+
 Buses are identified by `bus_key`: the transport kind, host and port (serial: the
 device path). A serial bus is only meaningful across instances that see the same
 device, i.e. on one host.
@@ -68,12 +76,14 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from .config import NoAnswer, _Session, session_dsn
 from .model import BusAddress, Meter, SerialLine, Transport
+from .schedule import fires_between
 from .settings import Settings
 
 log = logging.getLogger("poller.lease")
@@ -188,6 +198,12 @@ class Leases:
         self.beats_failed = 0
         self._lock = threading.Lock()  # one transaction at a time: a beat, or the release at stop
         self.on_change: Callable[[], None] = lambda: None  # the buses held changed (called in the event loop)
+        # the ticks (README, "Several pollers": what a change of instance costs, counted)
+        self._ticks_lock = threading.Lock()  # a tick's check and record against a bus given back meanwhile
+        self._polled: dict[str, datetime] = {}  # bus key -> the latest tick it was polled at, here or before
+        self._gaps: dict[str, datetime] = {}  # claimed, not polled here yet -> the previous owner's latest tick
+        self._tracked: bool | None = None  # bus_leases.polled_through exists (None: not asked yet)
+        self.ticks_missed = 0  # meter-ticks no instance polled while their bus changed instance (`count_gaps`)
 
     # --- read by the poll path (any thread or the event loop; a dict lookup) ---
 
@@ -200,6 +216,49 @@ class Leases:
 
     def owns(self, address: BusAddress) -> bool:
         return self.until_key(bus_key(address)) > time.monotonic()
+
+    def take(self, tick: datetime, due: Iterable[Meter]) -> tuple[list[Meter], dict[str, datetime]]:
+        """The due meters whose bus this instance holds, and the buses it polls at `tick` for the
+        first time since it claimed them from an instance that had polled them, each with that
+        instance's latest tick: the ticks in between had no poll (`gaps`). Each bus held is recorded
+        as polled at `tick` (written to bus_leases.polled_through at the next heartbeat)."""
+        mine: list[Meter] = []
+        held: dict[BusAddress, bool] = {}
+        gaps: dict[str, datetime] = {}
+        with self._ticks_lock:  # a bus given back meanwhile is either not polled or recorded as polled
+            now = time.monotonic()
+            for meter in due:
+                owned = held.get(meter.bus)
+                if owned is None:
+                    key = bus_key(meter.bus)
+                    owned = held[meter.bus] = self._until.get(key, 0.0) > now
+                    if owned:
+                        self._polled[key] = tick
+                        if (since := self._gaps.pop(key, None)) is not None:
+                            gaps[key] = since
+                if owned:
+                    mine.append(meter)
+        return mine, gaps
+
+    def count_gaps(self, tick: datetime, gaps: Mapping[str, datetime], crons: Mapping[str, list[str]]) -> int:
+        """The meter-ticks `take`'s gaps cost: for each bus, the ticks each of its meters' schedules
+        (`crons`, one per meter) had strictly between the previous owner's latest tick and `tick`.
+        Blocking (croniter, one step per tick: call it off the event loop); added to ticks_missed."""
+        missed = 0
+        memo: dict[tuple[str, datetime], int] = {}
+        for key, since in gaps.items():
+            for expr in crons.get(key, ()):
+                if (expr, since) not in memo:
+                    memo[expr, since] = fires_between(expr, since, tick)
+                missed += memo[expr, since]
+        self.missed(missed)
+        return missed
+
+    def missed(self, meter_ticks: int) -> None:
+        """Meter-ticks not (fully) polled because a bus changed instance: the gaps, and the meters a
+        poll left when its lease ended (CycleReport.meters_handed_off)."""
+        with self._ticks_lock:
+            self.ticks_missed += meter_ticks
 
     def held(self) -> set[str]:
         now = time.monotonic()  # copy(): atomic, while the beat's thread may change the dict
@@ -233,19 +292,27 @@ class Leases:
         share = math.ceil(len(wanted) / live) if wanted else 0
         keep = set(held_sorted[:share])
         give_back = [k for k in held_sorted if k not in keep] + [k for k in before if k not in wanted]
-        for key in give_back:  # stop sending first: nothing goes out on them from now on
-            self._set(key, None)
+        with self._ticks_lock:  # stop sending first: nothing goes out on them from now on
+            for key in give_back:
+                self._set(key, None)
+            polled = self._polled.copy()  # their latest ticks: none comes after this
         params: dict[str, Any] = {"me": self.instance, "lease": self.effective_lease_s}
         try:
+            # the buses lost (their leases ran out, or were taken) and not taken yet: their latest
+            # ticks here, so that the instance taking them counts the ticks from there (`take`)
+            gone = set(held_sorted).union(give_back)
+            self._record_ticks({k: t for k, t in polled.items() if k not in gone})
             if give_back:
                 graces = [wanted.get(k, self.effective_lease_s) for k in give_back]
                 self._query(
                     "UPDATE bus_leases AS l SET owner = NULL, "
-                    "expires_at = least(l.expires_at, now() + g.grace * interval '1 second') "
+                    "expires_at = least(l.expires_at, now() + g.grace * interval '1 second')"
+                    f"{self._ticks_set()} "
                     "FROM unnest(%(buses)s::text[], %(graces)s::float8[]) AS g(bus, grace) "
+                    f"{self._ticks_join('g')} "
                     "WHERE l.bus = g.bus AND l.owner = %(me)s",
-                    {**params, "buses": give_back, "graces": graces})
-            claimed: list[tuple[str, str | None]] = []
+                    {**params, "buses": give_back, "graces": graces, **self._ticks_params(polled)})
+            claimed: list[tuple[str, str | None, datetime | None]] = []
             deficit = share - len(keep)
             if deficit > 0:
                 free = [row[0] for row in self._query(
@@ -253,14 +320,21 @@ class Leases:
                     "WHERE l.bus IS NULL OR l.expires_at <= now()", {"wanted": list(wanted)})]
                 random.shuffle(free)  # instances claiming at once mostly go for different buses
                 if free:
-                    claimed = [(row[0], row[1]) for row in self._query(
+                    # polled_through: the previous owner's latest tick, or (a bus no instance has polled
+                    # yet) the claim: the ticks after it are this instance's to poll, or to count
+                    column = value = update = ""
+                    latest = "NULL::timestamptz"
+                    if self._tracked:
+                        column, value, latest = ", polled_through", ", now()", "l.polled_through"
+                        update = ", polled_through = coalesce(l.polled_through, now())"
+                    claimed = [(row[0], row[1], row[2]) for row in self._query(
                         "WITH old AS (SELECT bus, owner FROM bus_leases WHERE bus = ANY(%(free)s)) "
-                        "INSERT INTO bus_leases AS l (bus, owner, epoch, expires_at) "
-                        "SELECT bus, %(me)s, 1, now() + %(lease)s * interval '1 second' "
+                        f"INSERT INTO bus_leases AS l (bus, owner, epoch, expires_at{column}) "
+                        f"SELECT bus, %(me)s, 1, now() + %(lease)s * interval '1 second'{value} "
                         "FROM unnest(%(free)s::text[]) AS f(bus) "
                         "ON CONFLICT (bus) DO UPDATE SET owner = excluded.owner, epoch = l.epoch + 1, "
-                        "expires_at = excluded.expires_at WHERE l.expires_at <= now() "
-                        "RETURNING l.bus, (SELECT owner FROM old WHERE old.bus = l.bus)",
+                        f"expires_at = excluded.expires_at{update} WHERE l.expires_at <= now() "
+                        f"RETURNING l.bus, (SELECT owner FROM old WHERE old.bus = l.bus), {latest}",
                         {**params, "free": free[:deficit]})]
             self._query("COMMIT")
         except BaseException:
@@ -269,17 +343,50 @@ class Leases:
         deadline = started + self.effective_lease_s
         for key in keep:
             self._set(key, deadline)
-        for key, _previous in claimed:
-            self._set(key, deadline)
-        self.takeovers += sum(1 for _, previous in claimed if previous is not None)
-        for key, previous in claimed:
+        with self._ticks_lock:
+            for key, _previous, since in claimed:
+                # polled_through stays the previous owner's until this instance polls the bus
+                if since is None:
+                    self._polled.pop(key, None)
+                    self._gaps.pop(key, None)
+                else:
+                    self._polled[key] = self._gaps[key] = since
+                self._set(key, deadline)
+            for key in [k for k in self._polled if k not in self._until]:  # recorded in the database now
+                del self._polled[key]
+                self._gaps.pop(key, None)
+        self.takeovers += sum(1 for _, previous, _ in claimed if previous is not None)
+        for key, previous, _ in claimed:
             if previous is not None:
                 log.warning("took over bus %s from instance %s (its lease had expired)", key, previous)
         lost = sorted(k for k in before if k in wanted and k not in self._until and k not in give_back)
         for key in lost:
             log.warning("lease on bus %s lost (expired before it could be renewed): another instance polls it",
                         key)
-        return BeatResult(live, share, len(self._until), sorted(k for k, _ in claimed), sorted(give_back), lost)
+        return BeatResult(live, share, len(self._until), sorted(k for k, _, _ in claimed), sorted(give_back), lost)
+
+    # --- the ticks each bus was polled at (bus_leases.polled_through) ---
+
+    def _ticks_set(self) -> str:
+        return ", polled_through = coalesce(p.t, l.polled_through)" if self._tracked else ""
+
+    def _ticks_join(self, alias: str) -> str:
+        """The latest ticks (`_ticks_params`) beside the buses of `alias`, as p(bus, t)."""
+        if not self._tracked:
+            return ""
+        return (f"LEFT JOIN unnest(%(ticked)s::text[], %(ticks)s::timestamptz[]) AS p(bus, t) "
+                f"ON p.bus = {alias}.bus")
+
+    @staticmethod
+    def _ticks_params(polled: Mapping[str, datetime]) -> dict[str, Any]:
+        return {"ticked": list(polled), "ticks": list(polled.values())}
+
+    def _record_ticks(self, polled: Mapping[str, datetime]) -> None:
+        """Write these buses' latest ticks where this instance is still the owner."""
+        if polled and self._tracked:
+            self._query("UPDATE bus_leases AS l SET polled_through = p.t "
+                        "FROM unnest(%(ticked)s::text[], %(ticks)s::timestamptz[]) AS p(bus, t) "
+                        "WHERE l.bus = p.bus AND l.owner = %(me)s", {"me": self.instance, **self._ticks_params(polled)})
 
     def _set_lease(self, wanted: Mapping[str, float]) -> None:
         """A request goes out only if its reply window ends before the lease does, and a renewed
@@ -294,9 +401,9 @@ class Leases:
 
     def _count_and_renew(self, wanted: Mapping[str, float]) -> tuple[int, list[str]]:
         """BEGIN; this instance alive; live instances; the leases it still holds, renewed."""
-        if self._session is None:
-            self._session = self._connect()
-        params: dict[str, Any] = {"me": self.instance, "lease": self.effective_lease_s, "keep_dead": KEEP_DEAD_S}
+        self._open()
+        params: dict[str, Any] = {"me": self.instance, "lease": self.effective_lease_s, "keep_dead": KEEP_DEAD_S,
+                                  **self._ticks_params(self._polled.copy())}
         try:
             self._query("BEGIN")
             self._query("SELECT pg_advisory_xact_lock(%(turn)s)", {"turn": BEAT_LOCK})  # beats take turns
@@ -310,8 +417,9 @@ class Leases:
             self._query("DELETE FROM bus_leases WHERE expires_at < now() - %(keep_dead)s * interval '1 second'",
                         params)
             held = [row[0] for row in self._query(
-                "UPDATE bus_leases SET expires_at = now() + %(lease)s * interval '1 second' "
-                "WHERE owner = %(me)s AND expires_at > now() AND bus = ANY(%(wanted)s) RETURNING bus",
+                "UPDATE bus_leases AS l SET expires_at = now() + %(lease)s * interval '1 second'"
+                f"{self._ticks_set()} FROM unnest(%(wanted)s::text[]) AS w(bus) {self._ticks_join('w')} "
+                "WHERE l.bus = w.bus AND l.owner = %(me)s AND l.expires_at > now() RETURNING l.bus",
                 {**params, "wanted": list(wanted)})]
         except BaseException:
             self._rollback()
@@ -320,6 +428,25 @@ class Leases:
         for key in [k for k in self._until if k not in held]:
             self._set(key, None)
         return max(1, live), sorted(held)
+
+    def _open(self) -> None:
+        """A session, and whether bus_leases has polled_through (a database older than db/upgrade.sql
+        has not: the leases work, the ticks a change of instance costs are not counted, said once;
+        asked again at each heartbeat until db/upgrade.sql has run)."""
+        if self._session is None:
+            self._session = self._connect()
+        if not self._tracked:
+            try:
+                rows = self._query("SELECT 1 FROM information_schema.columns "
+                                   "WHERE table_name = 'bus_leases' AND column_name = 'polled_through'")
+            except BaseException:
+                self._rollback()
+                raise
+            tracked, self._tracked = self._tracked, bool(rows)
+            if tracked is None and not self._tracked:
+                log.warning("the database predates db/upgrade.sql (no bus_leases.polled_through): the ticks a bus "
+                            "misses while it changes instance are not counted (emm_meter_ticks_missed_total); "
+                            "run db/upgrade.sql")
 
     def _connect(self) -> _Session:
         t = self.answer_timeout_s
@@ -344,13 +471,15 @@ class Leases:
             self._release_all()
 
     def _release_all(self) -> None:
-        held = list(self._until)
-        for key in held:
-            self._set(key, None)
+        with self._ticks_lock:
+            held = list(self._until)
+            for key in held:
+                self._set(key, None)
+            polled = self._polled.copy()
         try:
-            if self._session is None:
-                self._session = self._connect()
+            self._open()
             self._query("BEGIN")
+            self._record_ticks(polled)  # the instances taking the buses count the ticks from there
             self._query("UPDATE bus_leases SET owner = NULL, expires_at = now() WHERE owner = %(me)s",
                         {"me": self.instance})
             self._query("DELETE FROM poller_instances WHERE instance = %(me)s", {"me": self.instance})

@@ -123,6 +123,9 @@ class Monitor:
               registry=r).set_function(lambda: float(leases.takeovers))
         Gauge("emm_lease_heartbeats_failed_total", "Lease heartbeats PostgreSQL did not answer",
               registry=r).set_function(lambda: float(leases.beats_failed))
+        Gauge("emm_meter_ticks_missed_total", "Meter ticks no instance polled (fully) because their bus changed "
+              "instance, counted by the instance that polls the bus next (README, \"Several pollers\")",
+              registry=r).set_function(lambda: float(leases.ticks_missed))
 
     def watch_workers(self, pool: WorkerPool) -> None:
         """Export the worker processes' restarts (POLL_WORKERS > 0)."""

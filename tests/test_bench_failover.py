@@ -22,3 +22,7 @@ def test_failover_run_reports_takeover_within_bound_nothing_doubled(tmp_path):
     assert result["takeover_s"] <= result["takeover_bound_s"] + 1
     assert result["meter_ticks_doubled"] == 0 and result["meter_ticks_lost_elsewhere"] == 0
     assert result["meter_ticks_polled"] + result["meter_ticks_lost_in_takeover_window"] == result["meter_ticks"]
+    # the survivors' own count: every lost tick, and at most one more per meter of the victim's buses
+    # (polled after its last heartbeat; README, "Several pollers")
+    lost, counted = result["meter_ticks_lost_in_takeover_window"], result["meter_ticks_missed_counted"]
+    assert lost <= counted <= lost + 2 * 2, (lost, counted)

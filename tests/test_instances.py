@@ -19,12 +19,13 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from tests.servers import instance_pid, start_module, stop_process
+from tests.servers import free_port, instance_pid, start_module, stop_process
 from virtual_server.server import SimulatedServer
 
 BUSES, UNITS = 12, 2
@@ -39,6 +40,7 @@ class RecordingServer(SimulatedServer):
     def __init__(self) -> None:
         super().__init__(units={}, default=lambda: WORDS, latency_s=0.02)
         self.seen: list[tuple[float, int]] = []  # (time.time(), serial number of the connection)
+        self.reads: list[tuple[float, int]] = []  # (time.time(), unit id): which meter was read when
         self._serials = itertools.count()
         self.trap: int | None = None  # a poller's pid, stopped at its next request to unit 1
         self.trapped_at = 0.0
@@ -47,6 +49,7 @@ class RecordingServer(SimulatedServer):
         if not hasattr(conn, "emm_serial"):  # not id(conn): a closed connection's id is reused
             conn.emm_serial = next(self._serials)
         self.seen.append((time.time(), conn.emm_serial))
+        self.reads.append((self.seen[-1][0], request.dev_id))
         if self.trap is not None and request.dev_id == 1:
             # SIGSTOP the poller whose request this is, while the request is in flight: when it
             # wakes, its reply is there and the next request, to unit 2, is due (the fence's case).
@@ -243,3 +246,91 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
     assert "lost" in texts[1] or "gave back" in texts[1], texts[1]
     print(f"takeover {takeover_s:.2f} s (bound {bound_s} s), rejoin {rejoin_s:.1f} s, stopped for "
           f"{resumed - stopped:.1f} s")
+
+
+def missed_ticks(fleet: Fleet, buses: list[int], every_s: int, start: int, end: int) -> int:
+    """The oracle's count: (bus, unit, tick) from `start` to `end` (ticks every `every_s` s, on the
+    seconds divisible by it) with no request for that unit in that tick's slot."""
+    missed = 0
+    for i in buses:
+        slots = Counter((unit, int(t) // every_s * every_s) for t, unit in fleet.buses[i].reads)
+        missed += sum(1 for unit in range(1, UNITS + 1) for tick in range(start, end + 1, every_s)
+                      if not slots[unit, tick])
+    return missed
+
+
+def ticks_counted(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        found = re.search(r"^emm_meter_ticks_missed_total (\S+)$", answer.read().decode(), re.M)
+    assert found, "emm_meter_ticks_missed_total is not exported"
+    return float(found[1])
+
+
+def test_the_ticks_buses_miss_while_they_change_instance_are_counted(postgres, database, victoria, poller_login,
+                                                                     tmp_path):
+    """/metrics against the oracle (every request's unit and time, on each bus). A second instance
+    joins: the meter-ticks the buses handed to it missed are counted exactly. The first is
+    SIGKILLed: the second counts at least what its buses missed, and at most one tick more per
+    meter (a tick the dead one polled after its last heartbeat; README, "Several pollers")."""
+    every_s, n_buses = 1, 6  # a hand-over takes the grace (1.5 s): at least one tick is missed
+    fleet = Fleet(n_buses)
+    postgres.psql(database, "-c", f"""
+        DELETE FROM energy_meters;
+        INSERT INTO device_types (name, timeout_s) VALUES ('one', 0.5);
+        INSERT INTO registers (type, register_address, measurement_name, data_type, data_unit)
+            VALUES ('one', 0, 'v', 3, 'V');
+        INSERT INTO energy_meters (host, port, slave_address, type)
+            SELECT '127.0.0.1', p, u, 'one' FROM unnest(ARRAY{fleet.ports}) p, generate_series(1, {UNITS}) u;""")
+    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": f"* * * * * */{every_s}",
+           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S)}
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / f"poller{i}.log" for i in range(2)]
+    procs: list[Any] = []
+
+    def holding(pid: int) -> list[int]:
+        return [fleet.ports.index(int(bus.rsplit(":", 1)[1]))
+                for bus, owner in postgres.lease_owners(database).items() if instance_pid(owner) == pid]
+
+    def next_tick(after: float) -> int:
+        return (int(after) // every_s + 1) * every_s
+
+    try:
+        procs.append(start_module("poller", [], {**env, "POLL_HTTP_PORT": str(ports[0])}, logs[0]))
+        wait_until(lambda: len(holding(procs[0].pid)) == n_buses, 30, "the first instance holds every bus", procs)
+        start = next_tick(time.time())
+        time.sleep(start + 0.5 - time.time())  # the first instance polled every bus at `start`: the count starts there
+        procs.append(start_module("poller", [], {**env, "POLL_HTTP_PORT": str(ports[1])}, logs[1]))
+        wait_until(lambda: len(holding(procs[1].pid)) == n_buses // 2, 30, "the second instance's share", procs)
+        moved = holding(procs[1].pid)
+        end = next_tick(time.time() + every_s)  # the moved buses polled from the second instance's first tick
+        time.sleep(end + every_s - time.time())  # that tick's requests are in, and counted
+        truth = missed_ticks(fleet, list(range(n_buses)), every_s, start, end)
+        counted = ticks_counted(ports[0]) + ticks_counted(ports[1])
+        assert missed_ticks(fleet, moved, every_s, start, end) == truth > 0, (
+            "only the moved buses miss ticks", moved, start, end,
+            [missed_ticks(fleet, [i], every_s, start, end) for i in range(n_buses)])
+        assert counted == truth, (counted, truth)
+        joined = f"join: {truth} meter-ticks missed, {counted:g} counted"
+
+        theirs = holding(procs[0].pid)
+        before = ticks_counted(ports[1])
+        start = next_tick(time.time())
+        procs[0].kill()
+        procs[0].wait()
+        wait_until(lambda: len(holding(procs[1].pid)) == n_buses, LEASE_S + 15, "the survivor holds every bus",
+                   procs[1:])
+        end = next_tick(time.time() + every_s)
+        time.sleep(end + every_s - time.time())
+        truth = missed_ticks(fleet, theirs, every_s, start, end)
+        counted = ticks_counted(ports[1]) - before
+        assert missed_ticks(fleet, list(range(n_buses)), every_s, start, end) == truth > 0
+        assert truth <= counted <= truth + UNITS * len(theirs), (counted, truth)
+        print(f"{joined}; kill: {truth} missed, {counted:g} counted (at most {truth + UNITS * len(theirs)})")
+    finally:
+        rcs = [stop_process(p) for p in procs[1:]]
+        fleet.close()
+    texts = [log.read_text() for log in logs]
+    assert rcs == [0], texts[1]
+    assert "meter-tick(s) in between had no poll" in texts[1], texts[1]
+    for text in texts:
+        assert "Traceback" not in text, text

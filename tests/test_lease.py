@@ -3,9 +3,11 @@ many instances beating at once never granting one bus to two of them."""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -220,3 +222,174 @@ def test_instances_beating_as_fast_as_they_can_never_fail_a_beat(postgres, datab
     beat_concurrently(instances, run)
     assert not errors, errors
     assert beats[0] > 100
+
+
+# --------------------------------------------------------------------------- the ticks a change of instance costs
+
+EVERY_S = "* * * * * *"
+DTYPE = DeviceType(name="t", registers=(), timeout_s=0.5)
+ON_BUSES = [Meter(10 * i + u, f"10.0.0.{i}", 502, u, DTYPE) for i in range(10) for u in (1, 2)]  # 2 on each
+
+
+def next_second() -> datetime:
+    """A tick to start from: the next whole second (the claims happen before it)."""
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+
+
+def seconds(t: datetime, n: float) -> datetime:
+    return t + timedelta(seconds=n)
+
+
+def polled_through(postgres, database) -> dict[str, datetime | None]:  # type: ignore[no-untyped-def]
+    rows = postgres.psql(database, "-At", "-F", "|", "-c",
+                         "SELECT bus, extract(epoch FROM polled_through) FROM bus_leases").stdout
+    out: dict[str, datetime | None] = {}
+    for row in rows.splitlines():
+        bus, _, epoch = row.partition("|")
+        out[bus] = datetime.fromtimestamp(float(epoch), UTC) if epoch else None
+    return out
+
+
+def missed(lease: Leases, tick: datetime, gaps: dict[str, datetime]) -> int:
+    crons = {key: [EVERY_S for m in ON_BUSES if bus_key(m.bus) == key] for key in gaps}
+    return lease.count_gaps(tick, gaps, crons)
+
+
+def test_buses_handed_to_a_joining_instance_count_exactly_the_ticks_between_the_two_polls(postgres, database):
+    a, b = make(postgres, database), make(postgres, database)
+    try:
+        claimed_at = datetime.now(UTC)
+        t1 = next_second()  # before the claim: no whole second between the two
+        a.beat(BUSES)
+        mine, gaps = a.take(t1, ON_BUSES)
+        # a bus no instance polled before: counted from its claim, none of its ticks came before this one
+        assert mine == ON_BUSES and set(gaps) == set(BUSES) and missed(a, t1, gaps) == 0
+        assert all(claimed_at - timedelta(seconds=1) < since < t1 for since in gaps.values())
+        a.take(seconds(t1, 1), ON_BUSES)  # polled a second later, written at the next beat
+        b.beat(BUSES)  # joins
+        given = a.beat(BUSES).released
+        assert len(given) == 5 and {k: polled_through(postgres, database)[k] for k in given} == {
+            k: seconds(t1, 1) for k in given}
+        mine, gaps = a.take(seconds(t1, 2), ON_BUSES)  # what it gave back is not polled here
+        assert {bus_key(m.bus) for m in mine}.isdisjoint(given) and gaps == {}
+        time.sleep(1.6)  # the grace
+        assert sorted(b.beat(BUSES).claimed) == given
+        tick = seconds(t1, 5)  # b's first tick on them: t1 + 2, 3 and 4 had no poll
+        mine, gaps = b.take(tick, ON_BUSES)
+        assert gaps == {k: seconds(t1, 1) for k in given}
+        assert missed(b, tick, gaps) == 3 * 2 * 5 and b.ticks_missed == 30
+        assert b.take(seconds(tick, 1), ON_BUSES)[1] == {}  # counted once
+        b.beat(BUSES)
+        assert {k: polled_through(postgres, database)[k] for k in given} == {k: seconds(tick, 1) for k in given}
+        assert a.ticks_missed == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_bus_given_back_before_its_first_poll_counts_from_the_claim(postgres, database):
+    """Claimed, then given back to a joining instance before any tick: the ticks until the new
+    owner polls it are counted all the same (the claim is where its ticks became someone's)."""
+    a, b = make(postgres, database), make(postgres, database)
+    try:
+        a.beat(BUSES)
+        b.beat(BUSES)
+        given = a.beat(BUSES).released
+        claims = polled_through(postgres, database)
+        assert all(claims[k] is not None for k in given)
+        time.sleep(1.6)
+        b.beat(BUSES)
+        tick = seconds(max(claims[k] for k in given), 3)  # type: ignore[type-var]
+        _, gaps = b.take(tick, ON_BUSES)
+        assert gaps == {k: claims[k] for k in given} and missed(b, tick, gaps) >= 2 * 2 * 5
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_instance_that_stops_beating_leaves_its_latest_recorded_tick_to_the_one_taking_over(postgres, database):
+    a, b = make(postgres, database, lease_s=2.0), make(postgres, database, lease_s=2.0)
+    wanted = dict(list(BUSES.items())[:3])
+    try:
+        a.beat(wanted)
+        t1 = next_second()
+        a.take(t1, ON_BUSES)
+        a.beat(wanted)  # t1 recorded
+        a.take(seconds(t1, 1), ON_BUSES)  # then it dies: t1 + 1 is never recorded
+        time.sleep(a.effective_lease_s + 0.1)
+        took = b.beat(wanted)
+        assert took.owned == 3 and b.takeovers == 3
+        _, gaps = b.take(seconds(t1, 4), ON_BUSES)
+        # counted from t1: t1 + 1 (polled, not recorded: at most a heartbeat's ticks), + 2, + 3
+        assert gaps == {k: t1 for k in wanted} and missed(b, seconds(t1, 4), gaps) == 3 * 2 * 3
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_instance_back_from_a_pause_records_its_latest_tick_on_the_buses_it_lost(postgres, database):
+    """Its leases ran out while it was stopped; its first beat after finds them lost, not taken
+    yet: it writes the tick it polled last, so the instance taking them counts from there."""
+    a, b = make(postgres, database, lease_s=2.0), make(postgres, database, lease_s=2.0)
+    wanted = dict(list(BUSES.items())[:3])
+    try:
+        a.beat(wanted)
+        t1 = next_second()
+        a.take(t1, ON_BUSES)
+        a.beat(wanted)
+        a.take(seconds(t1, 1), ON_BUSES)  # the last tick before the pause
+        time.sleep(a.effective_lease_s + 0.1)
+        b.beat({})  # b is live, so a's share is 2 of the 3 when it is back
+        back = a.beat(wanted)
+        assert back.owned == 2 and len(back.lost) == 1  # two of its own expired leases, claimed again
+        assert polled_through(postgres, database) == {k: seconds(t1, 1) for k in wanted}
+        _, gaps = a.take(seconds(t1, 4), ON_BUSES)
+        assert len(gaps) == 2 and set(gaps.values()) == {seconds(t1, 1)}  # t1 + 2 and + 3 missed
+        assert missed(a, seconds(t1, 4), gaps) == 2 * 2 * 2
+        third = b.beat(wanted)
+        assert len(third.claimed) == 1 and b.take(seconds(t1, 4), ON_BUSES)[1] == {
+            third.claimed[0]: seconds(t1, 1)}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_clean_stop_records_the_latest_ticks(postgres, database):
+    a, b = make(postgres, database), make(postgres, database)
+    try:
+        a.beat(BUSES)
+        t1 = next_second()
+        a.take(t1, ON_BUSES)
+        a.take(seconds(t1, 1), ON_BUSES)
+        a.release_all()
+        assert set(polled_through(postgres, database).values()) == {seconds(t1, 1)}
+        b.beat(BUSES)
+        assert b.take(seconds(t1, 3), ON_BUSES)[1] == {k: seconds(t1, 1) for k in BUSES}
+    finally:
+        b.close()
+
+
+def test_a_database_older_than_the_ticks_column_still_shares_the_fleet(postgres, database, caplog):
+    postgres.psql(database, "-c", "ALTER TABLE bus_leases DROP COLUMN polled_through")
+    a, b = make(postgres, database), make(postgres, database)
+    try:
+        with caplog.at_level(logging.WARNING, "poller.lease"):
+            a.beat(BUSES)
+            t1 = next_second()
+            assert a.take(t1, ON_BUSES)[1] == {}
+            b.beat(BUSES)
+            a.beat(BUSES)
+            time.sleep(1.6)
+            assert b.beat(BUSES).owned == 5
+            assert b.take(seconds(t1, 3), ON_BUSES)[1] == {}  # nothing to count from
+            a.release_all()
+        warned = [r.getMessage() for r in caplog.records if "predates db/upgrade.sql" in r.getMessage()]
+        assert len(warned) == 2, warned  # once per instance
+        postgres.psql(database, "-c", "ALTER TABLE bus_leases ADD COLUMN polled_through timestamptz")
+        held = b.held()
+        b.take(seconds(t1, 4), ON_BUSES)
+        b.beat(BUSES)  # db/upgrade.sql ran meanwhile: recorded from the next heartbeat on
+        assert {k: t for k, t in polled_through(postgres, database).items() if k in held} == {
+            k: seconds(t1, 4) for k in held}
+    finally:
+        b.close()

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.model import DataType, DeviceType, FunctionCode, Meter, Register
-from poller.schedule import CRON_FORMAT, IDLE, CronError, Schedule, cron_interval_s, validate_cron
+from poller.schedule import CRON_FORMAT, IDLE, CronError, Schedule, cron_interval_s, fires_between, validate_cron
 from poller.settings import DEFAULT_POLL_CRON, SettingsError, from_env
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -279,3 +279,31 @@ def test_an_expression_croniter_cannot_read_is_dropped_with_croniter_s_own_reaso
         f"schedule 'every minute' has no next fire time after 2026-01-01T12:00:00+00:00 ({croniter_says.value}): "
         "its meters are not polled until their poll_cron (or POLL_CRON) changes"]
     assert not isinstance(croniter_says.value, CroniterBadDateError)  # so not "no date matches it"
+
+
+# --------------------------------------------------------------------------- counting the ticks in a span
+
+SPAN_START = datetime(2026, 3, 28, 22, 0, 0, tzinfo=UTC)  # the span crosses midnight and a month's end
+
+
+@settings(max_examples=200, deadline=None)
+@given(start_ms=st.integers(0, 3 * 3600 * 1000), length_ms=st.integers(0, 3600 * 1000),
+       expr=st.sampled_from(["* * * * * *", "* * * * * */7", "*/5 * * * *", "0 0 * * *", "0 0 30 2 *"]))
+def test_fires_between_counts_every_tick_strictly_inside_the_span(start_ms, length_ms, expr):
+    """Against the ticks written out second by second (what `lease.Leases.count_gaps` relies on:
+    neither end counted, the previous owner polled the first, the new one polls the last)."""
+    after = SPAN_START + timedelta(milliseconds=start_ms)
+    before = after + timedelta(milliseconds=length_ms)
+    fields = expr.split()
+    second = int(fields[5].removeprefix("*/")) if len(fields) == 6 and fields[5] != "*" else 1
+    expected = 0
+    t = after.replace(microsecond=0) + timedelta(seconds=1)
+    while t < before:
+        if len(fields) == 6:
+            expected += t.second % second == 0
+        elif expr == "*/5 * * * *":
+            expected += t.second == 0 and t.minute % 5 == 0
+        elif expr == "0 0 * * *":
+            expected += (t.hour, t.minute, t.second) == (0, 0, 0)
+        t += timedelta(seconds=1)
+    assert fires_between(expr, after, before) == expected
