@@ -127,9 +127,10 @@ def poller_login(postgres, database):  # type: ignore[no-untyped-def]
     return postgres.reader_login(database, f"emm_poller_{os.getpid()}", "test-only-poller")
 
 
-def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_restart(
-        postgres, database, victoria, poller_login, tmp_path):
-    fleet = Fleet(BUSES)
+def shared_fleet(postgres, database, victoria, login, buses: int, cron: str):  # type: ignore[no-untyped-def]
+    """`buses` recording buses with UNITS meters each (one float32 register), and the environment
+    of pollers that share them through PostgreSQL as the poller's login."""
+    fleet = Fleet(buses)
     postgres.psql(database, "-c", f"""
         DELETE FROM energy_meters;
         INSERT INTO device_types (name, timeout_s) VALUES ('one', 0.5);
@@ -137,8 +138,14 @@ def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_resta
             VALUES ('one', 0, 'v', 3, 'V');
         INSERT INTO energy_meters (host, port, slave_address, type)
             SELECT '127.0.0.1', p, u, 'one' FROM unnest(ARRAY{fleet.ports}) p, generate_series(1, {UNITS}) u;""")
-    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
+    env = {**postgres.env(database), **login, **victoria.env(), "POLL_CRON": cron,
            "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S)}
+    return fleet, env
+
+
+def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_restart(
+        postgres, database, victoria, poller_login, tmp_path):
+    fleet, env = shared_fleet(postgres, database, victoria, poller_login, BUSES, "* * * * * *")
     logs = [tmp_path / f"poller{i}.log" for i in range(3)]
     # one POLL_SPOOL_DIR for all, as replicas of one compose service share one volume
     env["POLL_SPOOL_DIR"] = str(tmp_path / "spool")
@@ -273,16 +280,7 @@ def test_the_ticks_buses_miss_while_they_change_instance_are_counted(postgres, d
     SIGKILLed: the second counts at least what its buses missed, and at most one tick more per
     meter (a tick the dead one polled after its last heartbeat; README, "Several pollers")."""
     every_s, n_buses = 1, 6  # a hand-over takes the grace (1.5 s): at least one tick is missed
-    fleet = Fleet(n_buses)
-    postgres.psql(database, "-c", f"""
-        DELETE FROM energy_meters;
-        INSERT INTO device_types (name, timeout_s) VALUES ('one', 0.5);
-        INSERT INTO registers (type, register_address, measurement_name, data_type, data_unit)
-            VALUES ('one', 0, 'v', 3, 'V');
-        INSERT INTO energy_meters (host, port, slave_address, type)
-            SELECT '127.0.0.1', p, u, 'one' FROM unnest(ARRAY{fleet.ports}) p, generate_series(1, {UNITS}) u;""")
-    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": f"* * * * * */{every_s}",
-           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S)}
+    fleet, env = shared_fleet(postgres, database, victoria, poller_login, n_buses, f"* * * * * */{every_s}")
     ports = [free_port(), free_port()]
     logs = [tmp_path / f"poller{i}.log" for i in range(2)]
     procs: list[Any] = []

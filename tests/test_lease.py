@@ -3,10 +3,12 @@ many instances beating at once never granting one bus to two of them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -255,9 +257,18 @@ def missed(lease: Leases, tick: datetime, gaps: dict[str, datetime]) -> int:
     return lease.count_gaps(tick, gaps, crons)
 
 
-def test_buses_handed_to_a_joining_instance_count_exactly_the_ticks_between_the_two_polls(postgres, database):
-    a, b = make(postgres, database), make(postgres, database)
+@contextlib.contextmanager
+def two_instances(postgres, database, lease_s: float = 3.0) -> Iterator[tuple[Leases, Leases]]:  # type: ignore[no-untyped-def]
+    a, b = make(postgres, database, lease_s), make(postgres, database, lease_s)
     try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_buses_handed_to_a_joining_instance_count_exactly_the_ticks_between_the_two_polls(postgres, database):
+    with two_instances(postgres, database) as (a, b):
         claimed_at = datetime.now(UTC)
         t1 = next_second()  # before the claim: no whole second between the two
         a.beat(BUSES)
@@ -282,16 +293,12 @@ def test_buses_handed_to_a_joining_instance_count_exactly_the_ticks_between_the_
         b.beat(BUSES)
         assert {k: polled_through(postgres, database)[k] for k in given} == {k: seconds(tick, 1) for k in given}
         assert a.ticks_missed == 0
-    finally:
-        a.close()
-        b.close()
 
 
 def test_a_bus_given_back_before_its_first_poll_counts_from_the_claim(postgres, database):
     """Claimed, then given back to a joining instance before any tick: the ticks until the new
     owner polls it are counted all the same (the claim is where its ticks became someone's)."""
-    a, b = make(postgres, database), make(postgres, database)
-    try:
+    with two_instances(postgres, database) as (a, b):
         a.beat(BUSES)
         b.beat(BUSES)
         given = a.beat(BUSES).released
@@ -302,15 +309,11 @@ def test_a_bus_given_back_before_its_first_poll_counts_from_the_claim(postgres, 
         tick = seconds(max(claims[k] for k in given), 3)  # type: ignore[type-var]
         _, gaps = b.take(tick, ON_BUSES)
         assert gaps == {k: claims[k] for k in given} and missed(b, tick, gaps) >= 2 * 2 * 5
-    finally:
-        a.close()
-        b.close()
 
 
 def test_an_instance_that_stops_beating_leaves_its_latest_recorded_tick_to_the_one_taking_over(postgres, database):
-    a, b = make(postgres, database, lease_s=2.0), make(postgres, database, lease_s=2.0)
     wanted = dict(list(BUSES.items())[:3])
-    try:
+    with two_instances(postgres, database, lease_s=2.0) as (a, b):
         a.beat(wanted)
         t1 = next_second()
         a.take(t1, ON_BUSES)
@@ -322,17 +325,13 @@ def test_an_instance_that_stops_beating_leaves_its_latest_recorded_tick_to_the_o
         _, gaps = b.take(seconds(t1, 4), ON_BUSES)
         # counted from t1: t1 + 1 (polled, not recorded: at most a heartbeat's ticks), + 2, + 3
         assert gaps == {k: t1 for k in wanted} and missed(b, seconds(t1, 4), gaps) == 3 * 2 * 3
-    finally:
-        a.close()
-        b.close()
 
 
 def test_an_instance_back_from_a_pause_records_its_latest_tick_on_the_buses_it_lost(postgres, database):
     """Its leases ran out while it was stopped; its first beat after finds them lost, not taken
     yet: it writes the tick it polled last, so the instance taking them counts from there."""
-    a, b = make(postgres, database, lease_s=2.0), make(postgres, database, lease_s=2.0)
     wanted = dict(list(BUSES.items())[:3])
-    try:
+    with two_instances(postgres, database, lease_s=2.0) as (a, b):
         a.beat(wanted)
         t1 = next_second()
         a.take(t1, ON_BUSES)
@@ -349,14 +348,10 @@ def test_an_instance_back_from_a_pause_records_its_latest_tick_on_the_buses_it_l
         third = b.beat(wanted)
         assert len(third.claimed) == 1 and b.take(seconds(t1, 4), ON_BUSES)[1] == {
             third.claimed[0]: seconds(t1, 1)}
-    finally:
-        a.close()
-        b.close()
 
 
 def test_a_clean_stop_records_the_latest_ticks(postgres, database):
-    a, b = make(postgres, database), make(postgres, database)
-    try:
+    with two_instances(postgres, database) as (a, b):
         a.beat(BUSES)
         t1 = next_second()
         a.take(t1, ON_BUSES)
@@ -365,14 +360,11 @@ def test_a_clean_stop_records_the_latest_ticks(postgres, database):
         assert set(polled_through(postgres, database).values()) == {seconds(t1, 1)}
         b.beat(BUSES)
         assert b.take(seconds(t1, 3), ON_BUSES)[1] == {k: seconds(t1, 1) for k in BUSES}
-    finally:
-        b.close()
 
 
 def test_a_database_older_than_the_ticks_column_still_shares_the_fleet(postgres, database, caplog):
     postgres.psql(database, "-c", "ALTER TABLE bus_leases DROP COLUMN polled_through")
-    a, b = make(postgres, database), make(postgres, database)
-    try:
+    with two_instances(postgres, database) as (a, b):
         with caplog.at_level(logging.WARNING, "poller.lease"):
             a.beat(BUSES)
             t1 = next_second()
@@ -391,5 +383,3 @@ def test_a_database_older_than_the_ticks_column_still_shares_the_fleet(postgres,
         b.beat(BUSES)  # db/upgrade.sql ran meanwhile: recorded from the next heartbeat on
         assert {k: t for k, t in polled_through(postgres, database).items() if k in held} == {
             k: seconds(t1, 4) for k in held}
-    finally:
-        b.close()
