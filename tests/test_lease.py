@@ -383,3 +383,71 @@ def test_a_database_older_than_the_ticks_column_still_shares_the_fleet(postgres,
         b.beat(BUSES)  # db/upgrade.sql ran meanwhile: recorded from the next heartbeat on
         assert {k: t for k, t in polled_through(postgres, database).items() if k in held} == {
             k: seconds(t1, 4) for k in held}
+
+
+def test_instances_joining_and_leaving_at_random_count_exactly_the_ticks_no_one_polled(postgres, database):
+    """Three instances beat in threads at random moments while ticks come every second; one
+    joins, another joins, one stops cleanly (every change of owner a hand-over, none a death).
+    Every tick each running instance takes the buses it holds (as its tick loop does): the ticks
+    of each bus that no instance took are exactly what the instances counted, no more, no less."""
+    buses = {f"tcp 10.0.9.{i}:502": 1.5 for i in range(6)}
+    meters = [Meter(i + 1, f"10.0.9.{i}", 502, 1, DTYPE) for i in range(6)]
+    crons = {bus_key(m.bus): [EVERY_S] for m in meters}
+    a, b, c = (make(postgres, database) for _ in range(3))
+    running: list[Leases] = [a]
+    stop = {id(x): threading.Event() for x in (a, b, c)}
+    errors: list[BaseException] = []
+
+    def beating(lease: Leases, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while not stop[id(lease)].is_set():
+                lease.beat(buses)
+                stop[id(lease)].wait(rng.uniform(0.05, 0.5))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads: dict[int, threading.Thread] = {}
+
+    def start(lease: Leases) -> None:
+        threads[id(lease)] = threading.Thread(target=beating, args=(lease, len(threads)))
+        threads[id(lease)].start()
+
+    taken: dict[str, set[datetime]] = {key: set() for key in buses}
+    try:
+        a.beat(buses)  # holds all before the first tick
+        first = next_second()
+        start(a)
+        ticks = [seconds(first, i) for i in range(14)]
+        for i, tick in enumerate(ticks):
+            time.sleep(max(0.0, (tick - datetime.now(UTC)).total_seconds()))
+            if i == 2:
+                running.append(b)
+                start(b)
+            if i == 5:
+                running.append(c)
+                start(c)
+            if i == 9:  # b stops cleanly: its beats end, then it gives every lease back
+                stop[id(b)].set()
+                threads[id(b)].join(10)
+                b.release_all()
+                running.remove(b)
+            for lease in random.sample(running, len(running)):  # the instances' tick loops, in any order
+                mine, gaps = lease.take(tick, meters)
+                for meter in mine:
+                    assert tick not in taken[bus_key(meter.bus)], "a tick taken twice"
+                    taken[bus_key(meter.bus)].add(tick)
+                if gaps:
+                    lease.count_gaps(tick, gaps, crons)
+    finally:
+        for event in stop.values():
+            event.set()
+        for thread in threads.values():
+            thread.join(10)
+        for lease in (a, b, c):
+            lease.close()
+    assert not errors, errors
+    missed = sum(1 for key in buses for tick in ticks if tick not in taken[key])
+    assert len({key for key in buses if len(taken[key]) < len(ticks)}) >= 2, "buses should have changed hands"
+    assert sum(x.ticks_missed for x in (a, b, c)) == missed, (
+        [x.ticks_missed for x in (a, b, c)], missed, {k: sorted(t.second for t in v) for k, v in taken.items()})
