@@ -312,11 +312,29 @@ def _scratch() -> str:
     return _SCRATCH[0]
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def _kill_leftovers() -> None:
+    """At the end of the session, any process a test started and left running (a test that failed
+    before its own stop) is killed: a poller left behind polls on, for ever, under init."""
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start_module(module: str, args: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """`python -m <module> ...` as the containers run it; no .dev.env unless the test gives one."""
     log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", module, "--env-file", "/nonexistent", *args],
+    proc = subprocess.Popen([sys.executable, "-m", module, "--env-file", "/nonexistent", *args],
                             cwd=ROOT, env=project_env(env), stdout=log, stderr=subprocess.STDOUT)
+    if not _STARTED:
+        import atexit
+
+        atexit.register(_kill_leftovers)
+    _STARTED[:] = [p for p in _STARTED if p.poll() is None] + [proc]
+    return proc
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
