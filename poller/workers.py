@@ -20,8 +20,8 @@ strings does not need and which made pickling it 8 times slower). The message, i
 and the wake-ups cost about 10 us of main-process CPU each, more than the pickling: a worker
 gathers the lines and results of the meters it finishes for HAND_OVER_S after the first, then
 sends them as one message (a cycle's report goes out right after its last lines, without
-waiting). Sending each loop turn's meters
-at the end of that turn cost 6 % more CPU per reading with 2 workers (bench/README.md).
+waiting). Sending each loop turn's meters at the end of that turn cost 6 % more CPU per reading
+with 2 workers (bench/README.md).
 Results carry meter ids, not Meter objects, which the main process has. Meter objects travel
 when the configuration changes (`forget_except`), or with the first request that needs them.
 
