@@ -451,3 +451,29 @@ def test_instances_joining_and_leaving_at_random_count_exactly_the_ticks_no_one_
     assert len({key for key in buses if len(taken[key]) < len(ticks)}) >= 2, "buses should have changed hands"
     assert sum(x.ticks_missed for x in (a, b, c)) == missed, (
         [x.ticks_missed for x in (a, b, c)], missed, {k: sorted(t.second for t in v) for k, v in taken.items()})
+
+
+def test_a_tick_between_the_renewal_and_the_give_back_is_the_tick_given_back(postgres, database, monkeypatch):
+    """The event loop polls a tick while the heartbeat's thread is between renewing the leases
+    (which wrote the tick before) and giving buses back: the give-back writes that later tick, so
+    the next owner does not count a tick that was polled."""
+    with two_instances(postgres, database) as (a, b):
+        t1 = next_second()
+        a.beat(BUSES)
+        a.take(t1, ON_BUSES)
+        b.beat(BUSES)  # joins: a's next beat gives 5 buses back
+        renew = Leases._count_and_renew
+
+        def renew_then_tick(self: Leases, wanted):  # type: ignore[no-untyped-def]
+            out = renew(self, wanted)  # wrote t1 for every bus it holds
+            self.take(seconds(t1, 1), ON_BUSES)  # the tick lands here, on buses about to go back
+            return out
+
+        monkeypatch.setattr(Leases, "_count_and_renew", renew_then_tick)
+        given = a.beat(BUSES).released
+        monkeypatch.undo()
+        assert {k: polled_through(postgres, database)[k] for k in given} == {k: seconds(t1, 1) for k in given}
+        time.sleep(1.6)
+        b.beat(BUSES)
+        _, gaps = b.take(seconds(t1, 3), ON_BUSES)
+        assert gaps == {k: seconds(t1, 1) for k in given} and missed(b, seconds(t1, 3), gaps) == 1 * 2 * 5
