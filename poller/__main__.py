@@ -344,9 +344,9 @@ class Service:
             if (exc := task.exception()) is not None:  # a bug: said, the service goes on
                 log.error("counting the ticks missed on %d bus(es) failed", len(gaps), exc_info=exc)
             elif missed := task.result():
-                log.info("%d bus(es) polled here from %s on, first since %s elsewhere: %d meter-tick(s) in "
-                         "between had no poll (emm_meter_ticks_missed_total)", len(gaps), tick.strftime("%H:%M:%S"),
-                         min(gaps.values()).strftime("%H:%M:%S"), missed)
+                log.info("%d bus(es) changed instance, polled here from %s on: %d meter-tick(s) since %s had no "
+                         "poll (emm_meter_ticks_missed_total)", len(gaps), tick.strftime("%H:%M:%S"), missed,
+                         min(gaps.values()).strftime("%H:%M:%S"))
 
         counting.add_done_callback(counted)
 

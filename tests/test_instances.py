@@ -329,6 +329,7 @@ def test_the_ticks_buses_miss_while_they_change_instance_are_counted(postgres, d
         fleet.close()
     texts = [log.read_text() for log in logs]
     assert rcs[1:] == [0], texts[1]
-    assert "meter-tick(s) in between had no poll" in texts[1], texts[1]
+    assert re.search(r"\d bus\(es\) changed instance, polled here from \S+ on: \d+ meter-tick\(s\) since \S+ had no "
+                     r"poll", texts[1]), texts[1]
     for text in texts:
         assert "Traceback" not in text, text
