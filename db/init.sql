@@ -240,7 +240,7 @@ CREATE TABLE bus_leases (
     owner      text,                     -- poller_instances.instance; NULL: given back
     epoch      bigint      NOT NULL DEFAULT 1,  -- grows with every change of owner
     expires_at timestamptz NOT NULL,      -- nobody else may poll the bus before this
-    polled_through timestamptz            -- the owner's latest tick on the bus (at its last heartbeat)
+    polled_through timestamptz            -- the latest tick polled, as the owner last wrote it (or its claim)
 );
 COMMENT ON TABLE bus_leases IS 'which poller instance polls which bus, until when (poller/lease.py)';
 

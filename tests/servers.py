@@ -313,6 +313,7 @@ def _scratch() -> str:
 
 
 _STARTED: list[subprocess.Popen[bytes]] = []
+_KILL_AT_EXIT: list[bool] = []  # registered once
 
 
 def _kill_leftovers() -> None:
@@ -329,10 +330,11 @@ def start_module(module: str, args: list[str], env: Mapping[str, str], log_path:
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", module, "--env-file", "/nonexistent", *args],
                             cwd=ROOT, env=project_env(env), stdout=log, stderr=subprocess.STDOUT)
-    if not _STARTED:
+    if not _KILL_AT_EXIT:
         import atexit
 
         atexit.register(_kill_leftovers)
+        _KILL_AT_EXIT.append(True)
     _STARTED[:] = [p for p in _STARTED if p.poll() is None] + [proc]
     return proc
 
