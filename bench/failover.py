@@ -25,17 +25,15 @@ import argparse
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from poller.lease import GRACE_MARGIN_S, effective_lease_s, heartbeat_s
-from tests.servers import ROOT, free_port, instance_pid, postgres_cluster, project_env, stop_process
+from tests.servers import ROOT, free_port, instance_pid, postgres_cluster, project_env, scraped, stop_process
 
 from .fleet import FleetSpec, seed_sql
 from .proc import proc_cpu_s, say
@@ -191,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def ticks_missed(port: int) -> float:
     """An instance's emm_meter_ticks_missed_total (README, "Several pollers")."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        found = re.search(r"^emm_meter_ticks_missed_total (\S+)$", answer.read().decode(), re.M)
-    return float(found[1]) if found else math.nan
+    counted = scraped(port, "emm_meter_ticks_missed_total")
+    return math.nan if counted is None else counted
 
 
 if __name__ == "__main__":

@@ -219,9 +219,10 @@ class Leases:
 
     def take(self, tick: datetime, due: Iterable[Meter]) -> tuple[list[Meter], dict[str, datetime]]:
         """The due meters whose bus this instance holds, and the buses it polls at `tick` for the
-        first time since it claimed them from an instance that had polled them, each with that
-        instance's latest tick: the ticks in between had no poll (`gaps`). Each bus held is recorded
-        as polled at `tick` (written to bus_leases.polled_through at the next heartbeat)."""
+        first time since it claimed them, each with the tick their ticks are counted from (the
+        previous owner's latest, or the claim's time): the ticks in between had no poll (`gaps`).
+        Each bus held is recorded as polled at `tick` (bus_leases.polled_through at the next
+        heartbeat)."""
         mine: list[Meter] = []
         held: dict[BusAddress, bool] = {}
         gaps: dict[str, datetime] = {}

@@ -312,6 +312,13 @@ def _scratch() -> str:
     return _SCRATCH[0]
 
 
+def scraped(port: int, name: str) -> float | None:
+    """The value of an unlabelled series on a poller's /metrics (None: not exported)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        found = re.search(rf"^{re.escape(name)} (\S+)$", answer.read().decode(), re.M)
+    return None if found is None else float(found[1])
+
+
 _STARTED: list[subprocess.Popen[bytes]] = []
 _KILL_AT_EXIT: list[bool] = []  # registered once
 

@@ -19,13 +19,12 @@ import re
 import signal
 import threading
 import time
-import urllib.request
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from tests.servers import free_port, instance_pid, start_module, stop_process
+from tests.servers import free_port, instance_pid, scraped, start_module, stop_process
 from virtual_server.server import SimulatedServer
 
 BUSES, UNITS = 12, 2
@@ -267,10 +266,9 @@ def missed_ticks(fleet: Fleet, buses: list[int], every_s: int, start: int, end: 
 
 
 def ticks_counted(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        found = re.search(r"^emm_meter_ticks_missed_total (\S+)$", answer.read().decode(), re.M)
-    assert found, "emm_meter_ticks_missed_total is not exported"
-    return float(found[1])
+    counted = scraped(port, "emm_meter_ticks_missed_total")
+    assert counted is not None, "emm_meter_ticks_missed_total is not exported"
+    return counted
 
 
 def test_the_ticks_buses_miss_while_they_change_instance_are_counted(postgres, database, victoria, poller_login,
