@@ -178,6 +178,11 @@ class SharedFences:
         self.values[self.slot(key)] = until
 
 
+# Where a bus's missed ticks are counted from: its latest tick polled (or the claim), or the latest
+# change of the configuration when that is later (poller/lease.py, README "Several pollers")
+_COUNTED_FROM = "greatest(l.polled_through, (SELECT max(changed_at) FROM config_version))"
+
+
 class Leases:
     """This instance's leases: `until(bus)` for the fence, `beat()` (blocking) to keep them."""
 
@@ -220,7 +225,8 @@ class Leases:
     def take(self, tick: datetime, due: Iterable[Meter]) -> tuple[list[Meter], dict[str, datetime]]:
         """The due meters whose bus this instance holds, and the buses it polls at `tick` for the
         first time since it claimed them, each with the tick their ticks are counted from (the
-        previous owner's latest, or the claim's time): the ticks in between had no poll (`gaps`).
+        previous owner's latest, or the claim's time, or the latest change of the configuration
+        when that is later: `_COUNTED_FROM`): the ticks in between had no poll (`gaps`).
         Each bus held is recorded as polled at `tick` (bus_leases.polled_through at the next
         heartbeat)."""
         mine: list[Meter] = []
@@ -289,7 +295,8 @@ class Leases:
         started = time.monotonic()  # before the transaction: PostgreSQL's now() is later still
         before = set(self._until)  # expired ones too: after a pause they are lost, and said so
         self._set_lease(wanted)
-        live, held_sorted = self._count_and_renew(wanted)
+        live, renewed = self._count_and_renew(wanted)
+        held_sorted = sorted(renewed)
         share = math.ceil(len(wanted) / live) if wanted else 0
         keep = set(held_sorted[:share])
         give_back = [k for k in held_sorted if k not in keep] + [k for k in before if k not in wanted]
@@ -326,8 +333,12 @@ class Leases:
                     column = value = update = ""
                     latest = "NULL::timestamptz"
                     if self._tracked:
-                        column, value, latest = ", polled_through", ", now()", "l.polled_through"
-                        update = ", polled_through = coalesce(l.polled_through, now())"
+                        column, value, update = ", polled_through", ", now()", \
+                            ", polled_through = coalesce(l.polled_through, now())"
+                        # a meter or schedule that came with a change of the configuration (a meter
+                        # added, enabled again, its cron changed) has no ticks from before it: the
+                        # count starts at the change when that is later
+                        latest = _COUNTED_FROM
                     claimed = [(row[0], row[1], row[2]) for row in self._query(
                         "WITH old AS (SELECT bus, owner FROM bus_leases WHERE bus = ANY(%(free)s)) "
                         f"INSERT INTO bus_leases AS l (bus, owner, epoch, expires_at{column}) "
@@ -345,6 +356,11 @@ class Leases:
         for key in keep:
             self._set(key, deadline)
         with self._ticks_lock:
+            for key in keep:
+                if key not in before and (since := renewed[key]) is not None:
+                    # still this instance's in PostgreSQL, but not polled here since an earlier beat gave
+                    # it back and could not commit: its ticks since then had no poll
+                    self._polled[key] = self._gaps[key] = since
             for key, _previous, since in claimed:
                 # polled_through stays the previous owner's until this instance polls the bus
                 if since is None:
@@ -356,9 +372,11 @@ class Leases:
             for key in [k for k in self._polled if k not in self._until]:  # recorded in the database now
                 del self._polled[key]
                 self._gaps.pop(key, None)
-        self.takeovers += sum(1 for _, previous, _ in claimed if previous is not None)
         for key, previous, _ in claimed:
-            if previous is not None:
+            if previous == self.instance:  # back from a pause before any other instance took it
+                log.warning("lease on bus %s had expired (this instance was held up): claimed again", key)
+            elif previous is not None:
+                self.takeovers += 1
                 log.warning("took over bus %s from instance %s (its lease had expired)", key, previous)
         lost = sorted(k for k in before if k in wanted and k not in self._until and k not in give_back)
         for key in lost:
@@ -400,8 +418,9 @@ class Leases:
                         "margin) and two heartbeats: leases last %g s", self.lease_s, max(wanted.values()), lease)
         self.effective_lease_s = lease
 
-    def _count_and_renew(self, wanted: Mapping[str, float]) -> tuple[int, list[str]]:
-        """BEGIN; this instance alive; live instances; the leases it still holds, renewed."""
+    def _count_and_renew(self, wanted: Mapping[str, float]) -> tuple[int, dict[str, datetime | None]]:
+        """BEGIN; this instance alive; live instances; the leases it still holds, renewed, each with
+        where its missed ticks would count from (`_COUNTED_FROM`; None when not tracked)."""
         self._open()
         params: dict[str, Any] = {"me": self.instance, "lease": self.effective_lease_s, "keep_dead": KEEP_DEAD_S,
                                   **self._ticks_params(self._polled.copy())}
@@ -417,18 +436,19 @@ class Leases:
                         params)
             self._query("DELETE FROM bus_leases WHERE expires_at < now() - %(keep_dead)s * interval '1 second'",
                         params)
-            held = [row[0] for row in self._query(
+            held: dict[str, datetime | None] = {row[0]: row[1] for row in self._query(
                 "UPDATE bus_leases AS l SET expires_at = now() + %(lease)s * interval '1 second'"
                 f"{self._ticks_set()} FROM unnest(%(wanted)s::text[]) AS w(bus) {self._ticks_join('w')} "
-                "WHERE l.bus = w.bus AND l.owner = %(me)s AND l.expires_at > now() RETURNING l.bus",
-                {**params, "wanted": list(wanted)})]
+                "WHERE l.bus = w.bus AND l.owner = %(me)s AND l.expires_at > now() "
+                f"RETURNING l.bus, {_COUNTED_FROM if self._tracked else 'NULL::timestamptz'}",
+                {**params, "wanted": list(wanted)})}
         except BaseException:
             self._rollback()
             raise
         # the buses kept: the ones held longest first would need a column; sorted keeps the choice stable
         for key in [k for k in self._until if k not in held]:
             self._set(key, None)
-        return max(1, live), sorted(held)
+        return max(1, live), held
 
     def _open(self) -> None:
         """A session, and whether bus_leases has polled_through (a database older than db/upgrade.sql
@@ -438,8 +458,9 @@ class Leases:
             self._session = self._connect()
         if not self._tracked:
             try:
-                rows = self._query("SELECT 1 FROM information_schema.columns "
-                                   "WHERE table_name = 'bus_leases' AND column_name = 'polled_through'")
+                # the table the statements resolve to (search_path), not a namesake in another schema
+                rows = self._query("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('bus_leases') "
+                                   "AND attname = 'polled_through' AND NOT attisdropped")
             except BaseException:
                 self._rollback()
                 raise
@@ -454,6 +475,9 @@ class Leases:
         dsn = session_dsn(self.settings, connect_timeout_s=t, statement_timeout_s=t, lock_timeout_s=t,
                           answer_timeout_s=t, read_only=False)
         dsn["application_name"] = "emm-poller-lease"
+        # timestamps (polled_through) come back in UTC, as the schedule's ticks are: cron maths in
+        # another zone would count other ticks (an hourly cron in +05:30)
+        dsn["options"] += " -c TimeZone=UTC"
         return _Session(dsn, t, t + 1.0)
 
     def _rollback(self) -> None:

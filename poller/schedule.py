@@ -80,7 +80,7 @@ def fires_between(expr: str, after: datetime, before: datetime) -> int:
     takes about 2 s, so callers count off the event loop (lease.py's gaps)."""
     count = 0
     try:
-        it = croniter(expr, after)
+        it = croniter(expr, after.astimezone(UTC))  # the schedule's zone: another would fire at other times
         while it.get_next(datetime) < before:
             count += 1
     except Exception:  # noqa: BLE001 - a validated expression never gets here; one that stops firing does

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import psycopg2
 import pytest
 
 from poller.lease import Leases, bus_key, grace_s, wanted_buses
@@ -477,3 +478,139 @@ def test_a_tick_between_the_renewal_and_the_give_back_is_the_tick_given_back(pos
         b.beat(BUSES)
         _, gaps = b.take(seconds(t1, 3), ON_BUSES)
         assert gaps == {k: seconds(t1, 1) for k in given} and missed(b, seconds(t1, 3), gaps) == 1 * 2 * 5
+
+
+def config_changed(postgres, database, at: datetime) -> None:  # type: ignore[no-untyped-def]
+    """The configuration changed at `at` (what its triggers record: db/init.sql, config_version)."""
+    postgres.psql(database, "-c", f"UPDATE config_version SET version = version + 1, changed_at = '{at.isoformat()}'")
+
+
+def test_a_database_in_another_time_zone_counts_the_same_ticks(postgres, database):
+    """initdb gives a cluster the host's time zone; the schedule's ticks are UTC: an hourly cron
+    counted in +05:30 would fire at other instants."""
+    postgres.psql(database, "-c", f"ALTER DATABASE {database} SET timezone = 'Asia/Kolkata'")
+    hourly = "0 * * * *"
+    meter = Meter(1, "10.0.0.1", 502, 1, DTYPE, poll_cron=hourly)
+    key = bus_key(meter.bus)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    config_changed(postgres, database, hour - timedelta(days=1))
+    with two_instances(postgres, database) as (a, b):
+        a.beat(wanted_buses([meter]))
+        a.take(hour, [meter])
+        a.release_all()
+        b.beat(wanted_buses([meter]))
+        tick = hour + timedelta(hours=3)  # hour + 1 and hour + 2 had no poll
+        _, gaps = b.take(tick, [meter])
+        assert gaps == {key: hour} and gaps[key].utcoffset() == timedelta(0)
+        assert b.count_gaps(tick, gaps, {key: [hourly]}) == 2
+
+
+def test_a_meter_disabled_for_a_while_misses_no_ticks_of_that_while(postgres, database):
+    """Disabled (maintenance), its bus is no longer wanted and goes back; enabled again, it is
+    claimed again: the ticks while it was disabled were nobody's to poll."""
+    meter = Meter(1, "10.0.0.1", 502, 1, DTYPE)
+    key = bus_key(meter.bus)
+    config_changed(postgres, database, datetime.now(UTC) - timedelta(days=1))
+    a = make(postgres, database, lease_s=2.0)
+    try:
+        a.beat(wanted_buses([meter]))
+        t1 = next_second()
+        assert a.take(t1, [meter])[0] == [meter]
+        config_changed(postgres, database, seconds(t1, 0.5))  # disabled
+        a.beat({})  # no longer configured: given back
+        assert a.held() == set()
+        time.sleep(a.effective_lease_s + 0.1)  # stands for the minute it stays disabled
+        config_changed(postgres, database, seconds(t1, 60.5))  # enabled again
+        a.beat(wanted_buses([meter]))
+        tick = seconds(t1, 61)
+        mine, gaps = a.take(tick, [meter])
+        assert mine == [meter] and gaps == {key: seconds(t1, 60.5)}
+        assert a.count_gaps(tick, gaps, {key: [EVERY_S]}) == 0
+    finally:
+        a.close()
+
+
+def test_a_meter_added_just_before_a_restart_counts_from_the_change_not_the_buses_last_poll(postgres, database):
+    """A bus with a meter read daily (polled at midnight); at 12:00:01 a meter read every 10 s is
+    added on it, and the poller restarts at 12:00:05, before that meter's first tick: the one
+    polling it from 12:00:10 on has missed nothing. Counting from midnight would say 4,319."""
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    daily, every_10_s = "0 0 * * *", "* * * * * */10"
+    first = Meter(1, "10.0.0.1", 502, 1, DTYPE, poll_cron=daily)
+    added = Meter(2, "10.0.0.1", 502, 2, DTYPE, poll_cron=every_10_s)
+    key = bus_key(first.bus)
+    config_changed(postgres, database, midnight - timedelta(days=1))
+    with two_instances(postgres, database) as (a, b):
+        a.beat(wanted_buses([first]))
+        a.take(midnight, [first])
+        a.beat(wanted_buses([first]))
+        config_changed(postgres, database, midnight + timedelta(hours=12, seconds=1))
+        a.beat(wanted_buses([first, added]))
+        a.release_all()  # the restart
+        b.beat(wanted_buses([first, added]))
+        tick = midnight + timedelta(hours=12, seconds=10)
+        mine, gaps = b.take(tick, [added])
+        assert mine == [added] and gaps == {key: midnight + timedelta(hours=12, seconds=1)}
+        assert b.count_gaps(tick, gaps, {key: [daily, every_10_s]}) == 0
+
+
+def test_buses_a_failed_give_back_left_unpolled_count_their_ticks_when_kept(postgres, database, monkeypatch):
+    """The beat that gives buses back stops polling them first; PostgreSQL goes away before it
+    commits, so they are still this instance's there. If its share has grown by the next beat, it
+    keeps them: the ticks in between had no poll anywhere, and are counted."""
+    meters = [m for m in ON_BUSES if m.slave_address == 1][:4]  # four buses
+    wanted = wanted_buses(meters)
+    with two_instances(postgres, database) as (a, b):
+        a.beat(wanted)
+        t1 = next_second()
+        assert len(a.take(t1, meters)[0]) == 4
+        b.beat(wanted)  # joins: a's share is 2
+        query = Leases._query
+
+        def failing(self: Leases, sql: str, params=None):  # type: ignore[no-untyped-def]
+            if "SET owner = NULL" in sql:  # the give-back
+                raise psycopg2.OperationalError("server closed the connection unexpectedly")
+            return query(self, sql, params)
+
+        monkeypatch.setattr(Leases, "_query", failing)
+        with pytest.raises(psycopg2.OperationalError):
+            a.beat(wanted)
+        monkeypatch.undo()
+        assert len(a.held()) == 2
+        unpolled = set(wanted) - a.held()
+        for n in (1, 2):
+            assert unpolled.isdisjoint(bus_key(m.bus) for m in a.take(seconds(t1, n), meters)[0])
+        b.release_all()  # a's share is all four again
+        a.beat(wanted)
+        assert a.held() == set(wanted)
+        tick = seconds(t1, 3)
+        mine, gaps = a.take(tick, meters)
+        assert len(mine) == 4 and gaps == {k: t1 for k in unpolled}
+        assert a.count_gaps(tick, gaps, {k: [EVERY_S] for k in wanted}) == 2 * 2  # t1 + 1 and + 2
+
+
+def test_the_ticks_column_is_looked_for_in_the_table_the_leases_use(postgres, database):
+    """A database older than db/upgrade.sql, with a namesake table that has the column in another
+    schema (a staging copy): the instance must not take the column for there, or every beat fails."""
+    postgres.psql(database, "-c", "ALTER TABLE bus_leases DROP COLUMN polled_through")
+    postgres.psql(database, "-c", "CREATE SCHEMA archive; "
+                                  "CREATE TABLE archive.bus_leases (bus text PRIMARY KEY, polled_through timestamptz)")
+    a = make(postgres, database)
+    try:
+        assert a.beat(BUSES).owned == len(BUSES)
+    finally:
+        a.close()
+
+
+def test_an_instance_claiming_its_own_expired_leases_again_takes_over_from_no_one(postgres, database, caplog):
+    a = make(postgres, database, lease_s=2.0)
+    try:
+        a.beat(BUSES)
+        time.sleep(a.effective_lease_s + 0.1)  # held up past its lease; no other instance runs
+        with caplog.at_level(logging.WARNING, "poller.lease"):
+            assert a.beat(BUSES).owned == len(BUSES)
+        said = [r.getMessage() for r in caplog.records]
+        assert a.takeovers == 0 and not [m for m in said if "took over" in m]
+        assert len([m for m in said if "had expired (this instance was held up): claimed again" in m]) == len(BUSES)
+    finally:
+        a.close()

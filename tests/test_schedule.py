@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from croniter import CroniterBadDateError, croniter
@@ -288,7 +288,7 @@ SPAN_START = datetime(2026, 3, 28, 22, 0, 0, tzinfo=UTC)  # the span crosses mid
 
 @settings(max_examples=200, deadline=None)
 @given(start_ms=st.integers(0, 3 * 3600 * 1000), length_ms=st.integers(0, 3600 * 1000),
-       expr=st.sampled_from(["* * * * * *", "* * * * * */7", "*/5 * * * *", "0 0 * * *", "0 0 30 2 *"]))
+       expr=st.sampled_from(["* * * * * *", "* * * * * */7", "*/5 * * * *", "0 * * * *", "0 0 * * *", "0 0 30 2 *"]))
 def test_fires_between_counts_every_tick_strictly_inside_the_span(start_ms, length_ms, expr):
     """Against the ticks written out second by second (what `lease.Leases.count_gaps` relies on:
     neither end counted, the previous owner polled the first, the new one polls the last)."""
@@ -303,7 +303,11 @@ def test_fires_between_counts_every_tick_strictly_inside_the_span(start_ms, leng
             expected += t.second % second == 0
         elif expr == "*/5 * * * *":
             expected += t.second == 0 and t.minute % 5 == 0
+        elif expr == "0 * * * *":
+            expected += (t.minute, t.second) == (0, 0)
         elif expr == "0 0 * * *":
             expected += (t.hour, t.minute, t.second) == (0, 0, 0)
         t += timedelta(seconds=1)
     assert fires_between(expr, after, before) == expected
+    # the same instants written in another zone (as a database in another TimeZone hands them back)
+    assert fires_between(expr, after.astimezone(timezone(timedelta(hours=5, minutes=30))), before) == expected
