@@ -22,8 +22,11 @@ gathers the lines and results of the meters it finishes for HAND_OVER_S after th
 sends them as one message (a cycle's report goes out right after its last lines, without
 waiting). Sending each loop turn's meters at the end of that turn cost 6 % more CPU per reading
 with 2 workers (bench/README.md).
-Results carry meter ids, not Meter objects, which the main process has. Meter objects travel
-when the configuration changes (`forget_except`), or with the first request that needs them.
+Results carry meter ids, not Meter objects, which the main process has, and the cycle they are
+of: cycles overlap (a bus still busy sits a tick out, a meter moves to another bus), so the
+order a worker finishes a meter's polls in does not say which cycle a result belongs to. Meter
+objects travel when the configuration changes (`forget_except`), or with the first request
+that needs them.
 
 A bus stays with its worker while the pool runs (a bus that leaves the configuration and
 comes back goes to the same worker), so a bus is never polled by two processes at once. Each
@@ -39,7 +42,8 @@ it had not sent the lines and result of (not finished, or finished in its last H
 reported failed (what it had sent is in the outbox, and those meters count as it reported them),
 it is logged once at ERROR and a new one takes its place, with its buses, for the next tick
 (emm_worker_restarts_total). Workers ignore SIGINT and SIGTERM (the main process stops them:
-`aclose`) and exit when their channel to the main process closes, so they never outlive it.
+`aclose`; one that does not stop in time is killed, its cycles under way reported as a dead
+worker's) and exit when their channel to the main process closes, so they never outlive it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import itertools
 import logging
 import math
@@ -82,14 +87,18 @@ RESTART_DELAYS_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # a worker that keeps dying
 YOUNG_S = 10.0  # a worker that dies sooner than this after its start counts towards the delay
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
-# A meter's result travels with its lines as (meter id, the fields after `meter` and `lines` in
-# MeterResult's own order): the main process has the meter, and builds each result positionally
+# A meter's result travels with its lines as (cycle, meter id, the fields after `meter` and `lines`
+# in MeterResult's own order): the main process has the meter, and builds each result positionally
 # (a fifth of the time keywords take, for every meter every cycle). The error travels as its
 # message and kind: the exception class may not pickle.
 _RESULT_FIELDS = tuple(f.name for f in fields(MeterResult))[2:]
 _ERROR_AT = _RESULT_FIELDS.index("error")
 _result_values = operator.attrgetter(*_RESULT_FIELDS)
 _COUNT_FIELDS = tuple(f.name for f in fields(CycleReport) if f.name not in ("duration_s", "results"))
+# In a worker: the cycle the running task polls for (set by `_Worker._run`). The Poller's tasks
+# inherit it, and so does its `_finish`, scheduled by call_soon from them, so `on_done` knows the
+# cycle without the Poller passing it (0: none, never asked for by the main process).
+_CYCLE: contextvars.ContextVar[int] = contextvars.ContextVar("cycle", default=0)
 
 
 class WorkerError(ModbusError):
@@ -172,15 +181,15 @@ def _replace_error(values: tuple[Any, ...], error: Any) -> tuple[Any, ...]:
     return (*values[:_ERROR_AT], error, *values[_ERROR_AT + 1:])
 
 
-def encode_result(r: MeterResult) -> tuple[int, tuple[Any, ...]]:
+def encode_result(r: MeterResult, cycle: int) -> tuple[int, int, tuple[Any, ...]]:
     values = _result_values(r)
     if r.error is not None:
         values = _replace_error(values, (str(r.error), r.error.kind))
-    return r.meter.id, values
+    return cycle, r.meter.id, values
 
 
-def decode_result(encoded: tuple[int, tuple[Any, ...]], meters: Mapping[int, Meter]) -> MeterResult:
-    meter_id, values = encoded
+def decode_result(encoded: tuple[int, int, tuple[Any, ...]], meters: Mapping[int, Meter]) -> MeterResult:
+    _, meter_id, values = encoded
     if values[_ERROR_AT] is not None:
         values = _replace_error(values, WorkerError(*values[_ERROR_AT]))
     return MeterResult(meters[meter_id], [], *values)
@@ -242,7 +251,7 @@ class _Worker:
         self.done: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.batch: list[str] = []  # lines put since the last message, not sent yet
-        self.results: list[tuple[int, tuple[Any, ...]]] = []  # the results of the meters those lines are of
+        self.results: list[tuple[int, int, tuple[Any, ...]]] = []  # the results of the meters those lines are of
         self.timer: asyncio.TimerHandle | None = None
 
     def fence(self, address: BusAddress) -> float:
@@ -260,7 +269,7 @@ class _Worker:
     def meter_done(self, result: MeterResult) -> None:
         """The meter's result (Poller's on_done, right after its lines): sent with them, so what
         the main process counts of a worker that dies later includes every meter it heard of."""
-        encoded = encode_result(result)
+        encoded = encode_result(result, _CYCLE.get())
         self._soon()
         self.results.append(encoded)
 
@@ -327,6 +336,7 @@ class _Worker:
             self._finish()  # serve() cancels what still runs, then the process exits
 
     async def _run(self, cycle: int, meters: list[Meter], unknown: list[int]) -> None:
+        _CYCLE.set(cycle)  # this task's own context: the results of its meters say they are this cycle's
         try:
             report = await self.poller.run_cycle(meters)
         except asyncio.CancelledError:
@@ -351,7 +361,7 @@ class _Pending:
 
     future: asyncio.Future[CycleReport]
     meters: dict[int, Meter]
-    heard: dict[int, tuple[int, tuple[Any, ...]]] = field(default_factory=dict)  # encoded, as they came
+    heard: dict[int, tuple[int, int, tuple[Any, ...]]] = field(default_factory=dict)  # encoded, as they came
 
     def results(self) -> list[MeterResult]:
         return [decode_result(encoded, self.meters) for encoded in self.heard.values()]
@@ -376,7 +386,7 @@ class _Handle:
     alive: bool = True
     sent: dict[int, Meter] = field(default_factory=dict)  # the meters it holds: the objects sent
     slots_sent: set[BusAddress] = field(default_factory=set)
-    pending: dict[int, _Pending] = field(default_factory=dict)  # by cycle, the oldest first
+    pending: dict[int, _Pending] = field(default_factory=dict)  # by cycle
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -427,7 +437,8 @@ class WorkerPool:
                 self._send_meters(handle, its, keep=True)
 
     async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
-        """Poll the meters in their buses' workers; returns when every worker reported (or died).
+        """Poll the meters in their buses' workers; returns when every worker reported (or died, or
+        was killed at the stop).
         Each meter's lines reach the outbox as soon as its worker sends them."""
         started = time.monotonic()
         cycle = next(self._cycles)
@@ -461,7 +472,7 @@ class WorkerPool:
         for task in self._restarting:
             task.cancel()
         for handle in self.workers:
-            self._detach(handle, now=True)
+            self._detach(handle, f"worker {handle.index} (pid {handle.pid}) was stopped", now=True)
         self._join_all()
 
     def _join_all(self) -> None:
@@ -492,8 +503,8 @@ class WorkerPool:
                 log.warning("%d worker process(es) did not stop within %.0f s: killed", len(stragglers), timeout_s)
             for handle in stragglers:
                 handle.process.kill()
-        for handle in self.workers:
-            self._detach(handle)
+        for handle in self.workers:  # the stragglers (the others detached themselves at their EOF)
+            self._detach(handle, f"worker {handle.index} (pid {handle.pid}) did not stop: killed")
         await asyncio.to_thread(self._join_all)
 
     # --- inside ---
@@ -549,14 +560,12 @@ class WorkerPool:
             self._reported(handle, message)
 
     @staticmethod
-    def _heard(handle: _Handle, encoded: tuple[int, tuple[Any, ...]]) -> None:
-        """A meter's result: it belongs to the oldest cycle under way that polls the meter and has
-        not heard of it yet (a worker finishes a meter's polls in the order they were asked for)."""
-        meter_id = encoded[0]
-        for pending in handle.pending.values():
-            if meter_id in pending.meters and meter_id not in pending.heard:
-                pending.heard[meter_id] = encoded
-                return
+    def _heard(handle: _Handle, encoded: tuple[int, int, tuple[Any, ...]]) -> None:
+        """A meter's result, to the cycle the worker polled it for; that of a cycle given up
+        (cancelled) is dropped, never given to another cycle."""
+        pending = handle.pending.get(encoded[0])
+        if pending is not None and encoded[1] in pending.meters:
+            pending.heard[encoded[1]] = encoded
 
     def _reported(self, handle: _Handle, message: tuple[Any, ...]) -> None:
         _, cycle, counts, unknown = message
@@ -579,23 +588,27 @@ class WorkerPool:
         if not pending.future.done():
             pending.future.set_result(part)
 
-    def _detach(self, handle: _Handle, now: bool = False) -> None:
-        """No more reading from the worker; its channel closes (`now`: at once, Channel.close)."""
-        if handle.alive:
-            handle.alive = False
-            handle.channel.close(now)
-            handle.gone.set()
+    def _detach(self, handle: _Handle, why: str, now: bool = False) -> None:
+        """No more reading from the worker; its channel closes (`now`: at once, Channel.close). Its
+        cycles under way end: the meters it did not send the result of fail (`why`), since nothing
+        else would ever end them."""
+        if not handle.alive:
+            return
+        handle.alive = False
+        handle.channel.close(now)
+        handle.gone.set()
+        if not self._loop.is_closed():  # close() at exit: no one waits, and set_result would raise
+            for pending in handle.pending.values():
+                if not pending.future.done():
+                    pending.future.set_result(pending.part(why))
+        handle.pending.clear()
 
     def _lost(self, handle: _Handle) -> None:
         """EOF from a worker: it exited (asked to, or not). Its cycles under way are reported
         failed; unless the pool stops, a new worker takes its place."""
         if not handle.alive:
             return  # detached on purpose
-        self._detach(handle)
-        for pending in handle.pending.values():
-            if not pending.future.done():
-                pending.future.set_result(pending.part(f"worker {handle.index} (pid {handle.pid}) died"))
-        handle.pending.clear()
+        self._detach(handle, f"worker {handle.index} (pid {handle.pid}) died")
         if not self._closing:
             task = self._loop.create_task(self._restart(handle))
             self._restarting.add(task)

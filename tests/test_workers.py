@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.channel import Channel, frame
-from poller.cycle import CycleReport, MeterResult
+from poller.cycle import CycleReport, MeterResult, Poller
 from poller.lease import SharedFences, bus_key
 from poller.modbus import ResponseTimeout
 from poller.model import BusAddress, DataType, DeviceType, FunctionCode, Meter, Register, Transport
@@ -56,9 +56,9 @@ STARTED = re.compile(r"worker (\d+) started: pid (\d+)")
 HOLDING = FunctionCode.READ_HOLDING_REGISTERS
 
 
-def dtype(values: int = 2, name: str = "t") -> DeviceType:
+def dtype(values: int = 2, name: str = "t", timeout_s: float = 1.0) -> DeviceType:
     registers = tuple(Register(i, name, 2 * i, f"m{i}", "V", DataType.FLOAT32, HOLDING) for i in range(values))
-    return DeviceType(name, registers, timeout_s=1.0)
+    return DeviceType(name, registers, timeout_s=timeout_s)
 
 
 def meter(mid: int, host: str = "gw", port: int = 502, unit: int = 1, values: int = 2) -> Meter:
@@ -116,7 +116,8 @@ def test_a_meter_result_travels_whole(fields_):
     error = None if fields_["error"] is None else ResponseTimeout(fields_["error"])
     sent = MeterResult(m, lines=["x"], **{**fields_, "error": error})
     received: list[tuple[Any, ...]] = []
-    Channel("test", received.append, lambda: None).data_received(frame(("lines", [], [encode_result(sent)]), flat=True))
+    Channel("test", received.append, lambda: None).data_received(
+        frame(("lines", [], [encode_result(sent, 1)]), flat=True))
     got = decode_result(received[0][2][0], {1: m})
     assert got.meter is m and got.lines == []
     assert {**vars(got), "meter": None, "lines": None, "error": None} == {**vars(sent), "meter": None, "lines": None,
@@ -127,20 +128,22 @@ def test_a_meter_result_travels_whole(fields_):
         assert isinstance(got.error, WorkerError) and (got.error.kind, str(got.error)) == ("timeout", str(error))
 
 
-def test_a_result_heard_goes_to_the_oldest_cycle_still_waiting_for_that_meter():
-    """Two cycles under way both poll meter 1 (its bus was free again before the first cycle ended):
-    its first result is the first cycle's, its second the second's; a worker that dies then leaves
-    each cycle with what it heard, the rest failed."""
+def test_a_result_heard_goes_to_the_cycle_it_was_polled_for():
+    """Two cycles under way both poll meter 1: each result goes to the cycle the worker says, even
+    the later cycle's first (the earlier cycle skipped the meter's busy bus, or the meter moved to a
+    faster bus); a result of a cycle given up goes nowhere. A worker that dies then leaves each cycle
+    with what it heard, the rest failed."""
     a, b = meter(1), meter(2, "gw2")
     loop = asyncio.new_event_loop()
     try:
         first = _Pending(loop.create_future(), {1: a, 2: b})
         second = _Pending(loop.create_future(), {1: a})
         handle = SimpleNamespace(pending={1: first, 2: second})
-        done = MeterResult(a, readings=3, requests=1)
-        WorkerPool._heard(handle, encode_result(done))  # type: ignore[arg-type]
-        WorkerPool._heard(handle, encode_result(MeterResult(a, requests=1, errors=1, error=ResponseTimeout("x"))))
-        WorkerPool._heard(handle, encode_result(MeterResult(meter(9), readings=1)))  # in no cycle: ignored
+        failed = MeterResult(a, requests=1, errors=1, error=ResponseTimeout("x"))
+        WorkerPool._heard(handle, encode_result(failed, 2))  # type: ignore[arg-type]
+        WorkerPool._heard(handle, encode_result(MeterResult(a, readings=3, requests=1), 1))
+        WorkerPool._heard(handle, encode_result(MeterResult(a, readings=1), 3))  # a cycle given up: dropped
+        WorkerPool._heard(handle, encode_result(MeterResult(meter(9), readings=1), 1))  # not the cycle's: ignored
         (one,), (two,) = first.results(), second.results()
         assert one.meter is a and one.readings == 3 and one.ok
         assert two.meter is a and not two.ok and isinstance(two.error, WorkerError)
@@ -159,7 +162,7 @@ def test_a_cycle_the_worker_could_not_report_counts_each_meter_once():
     try:
         pending = _Pending(loop.create_future(), {1: a, 2: b})
         handle = SimpleNamespace(index=0, pending={7: pending})
-        WorkerPool._heard(handle, encode_result(MeterResult(a, readings=3, requests=1)))  # type: ignore[arg-type]
+        WorkerPool._heard(handle, encode_result(MeterResult(a, readings=3, requests=1), 7))  # type: ignore[arg-type]
         WorkerPool._reported(None, handle, ("report", 7, None, [2]))  # type: ignore[arg-type]
         part = pending.future.result()
         assert (part.meters_ok, part.meters_failed, len(part.results)) == (1, 1, 2), part.summary()
@@ -181,7 +184,7 @@ def test_reports_merge_into_one_and_travel_without_their_meters():
     assert [r.meter for r in merged.results] == [a, b, c]
     assert merged.summary().startswith("cycle: meters ok=1 failed=1 backed_off=1 readings=2 invalid=1 requests=3")
 
-    heard = [decode_result(pickle.loads(pickle.dumps(encode_result(r))), {1: a, 2: b}) for r in one.results]
+    heard = [decode_result(pickle.loads(pickle.dumps(encode_result(r, 1))), {1: a, 2: b}) for r in one.results]
     back = counted_report(pickle.loads(pickle.dumps(report_counts(one))), heard)
     assert back.summary() == one.summary()
     ok, failed = back.results
@@ -392,6 +395,145 @@ def test_a_worker_killed_mid_cycle_reports_the_meters_it_had_finished_as_read():
         assert isinstance(failed.error, WorkerLost) and "died" in str(failed.error)
         assert len([line for line in out.lines if "meter=1," in line]) == 4  # 3 readings and its status point
         assert not [line for line in out.lines if "meter=2," in line]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        slow.close()
+
+
+def test_each_result_goes_to_the_cycle_that_polled_it_as_in_one_process():
+    """Cycle 2 skips bus A (busy with cycle 1: CycleReport.buses_busy) and waits for slow bus B;
+    cycle 3 reads A again meanwhile. Meter 1's result of cycle 3 is cycle 3's, never cycle 2's (which
+    did not poll it): each cycle reports what the in-process Poller reports."""
+    a = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=1.0))
+    b = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=3.0))
+    x, y = Meter(1, "127.0.0.1", a.port, 1, dtype(2, "t", 3.0)), Meter(2, "127.0.0.1", b.port, 1, dtype(2, "slow", 5.0))
+
+    async def scenario(poller: Poller | WorkerPool) -> tuple[Any, ...]:
+        poller.forget_except([x, y])
+        assert (await poller.run_cycle([x, y])).meters_ok == 2  # connected
+        first = asyncio.ensure_future(poller.run_cycle([x]))  # meter 1 on A: 1 s
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(poller.run_cycle([x, y]))  # A busy: skipped; meter 2 on B: 3 s
+        await asyncio.sleep(1.3)  # the first is over, the second waits for B
+        third = asyncio.ensure_future(poller.run_cycle([x]))  # meter 1 on A again, done at about 2.4 s
+        reports = await asyncio.wait_for(asyncio.gather(first, second, third), 15)
+        return tuple(([r.meter.id for r in report.results], report.meters_ok, report.buses_busy) for report in reports)
+
+    async def in_process() -> tuple[Any, ...]:
+        poller = Poller(Lines())
+        try:
+            return await scenario(poller)
+        finally:
+            poller.close()
+
+    async def in_workers() -> tuple[Any, ...]:
+        pool = WorkerPool(Lines(), 1)
+        try:
+            return await scenario(pool)
+        finally:
+            await pool.aclose()
+
+    try:
+        expected = asyncio.run(in_process())
+        got = asyncio.run(in_workers())
+    finally:
+        a.close()
+        b.close()
+    assert expected == (([1], 1, 0), ([2], 1, 1), ([1], 1, 0))
+    assert got == expected
+
+
+def test_a_meter_a_killed_worker_had_sent_counts_as_read_in_the_cycle_that_polled_it():
+    """As above (cycle 2 skipped bus A and waits for B); cycle 3 also polls meter 3 on slow bus C, and
+    the worker dies after it sent meter 1's result of cycle 3. Cycle 3 counts meter 1 as read (not
+    lost, its result given to cycle 2) and only meter 3 as lost."""
+    a = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=1.0))
+    b = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=3.5))
+    c = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=3.5))
+    x = Meter(1, "127.0.0.1", a.port, 1, dtype(2, "t", 3.0))
+    y = Meter(2, "127.0.0.1", b.port, 1, dtype(2, "slow", 5.0))
+    z = Meter(3, "127.0.0.1", c.port, 1, dtype(2, "slow", 5.0))
+
+    async def scenario() -> None:
+        out = Lines()
+        pool = WorkerPool(out, 1)
+        try:
+            pool.forget_except([x, y, z])
+            assert (await pool.run_cycle([x, y])).meters_ok == 2
+            first = asyncio.ensure_future(pool.run_cycle([x]))
+            await asyncio.sleep(0.1)
+            second = asyncio.ensure_future(pool.run_cycle([x, y]))
+            await asyncio.sleep(1.3)
+            out.lines.clear()
+            third = asyncio.ensure_future(pool.run_cycle([x, z]))  # meter 1 read at about 2.4 s, meter 3 at 4.9 s
+            await asyncio.sleep(1.5)  # meter 2's reply is due at 3.6 s
+            assert [line for line in out.lines if "meter=1," in line]  # meter 1's lines of cycle 3 arrived
+            os.kill(pool.workers[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+            *_, three = await asyncio.wait_for(asyncio.gather(first, second, third), 10)
+        finally:
+            await pool.aclose()
+        assert {r.meter.id: r.ok for r in three.results} == {1: True, 3: False}, three.summary()
+        assert isinstance(three.results[-1].error, WorkerLost)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for server in (a, b, c):
+            server.close()
+
+
+def test_a_meter_moved_to_another_bus_keeps_each_cycles_result_with_its_cycle():
+    """Meter 1 fails on slow bus A in cycle 1 (no reply within its timeout) while the configuration
+    moves it to fast bus B (same worker), where cycle 2 reads it at once: cycle 1's result is the
+    failure, cycle 2's the success, as their counts (the worker's) say."""
+    a = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=1.5))
+    b = ModbusServerThread(SimulatedServer(units={}, default=words))
+    old, new = Meter(1, "127.0.0.1", a.port, 1, dtype(2)), Meter(1, "127.0.0.1", b.port, 1, dtype(2))
+    stays = Meter(2, "127.0.0.1", a.port, 2, dtype(2))  # bus A stays configured
+
+    async def scenario() -> None:
+        pool = WorkerPool(Lines(), 1)
+        try:
+            pool.forget_except([old, stays])
+            first = asyncio.ensure_future(pool.run_cycle([old]))
+            await asyncio.sleep(0.3)
+            pool.forget_except([new, stays])
+            two = await asyncio.wait_for(pool.run_cycle([new]), 5)
+            one = await asyncio.wait_for(first, 5)
+        finally:
+            await pool.aclose()
+        assert (one.meters_ok, one.meters_failed, [r.ok for r in one.results]) == (0, 1, [False]), one.summary()
+        assert (two.meters_ok, two.meters_failed, [r.ok for r in two.results]) == (1, 0, [True]), two.summary()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_cycle_under_way_returns_when_the_stop_kills_a_worker_that_would_not_stop():
+    """run_cycle returns when every worker reported or died: a worker that does not stop within
+    aclose's time is killed, and the cycle it had under way returns, its meter failed."""
+    slow = ModbusServerThread(SimulatedServer(units={}, default=words, latency_s=1.0))
+    x = Meter(1, "127.0.0.1", slow.port, 1, dtype(2, "slow", 5.0))
+
+    async def scenario() -> None:
+        pool = WorkerPool(Lines(), 1)
+        try:
+            pool.forget_except([x])
+            assert (await pool.run_cycle([x])).meters_ok == 1
+            cycle = asyncio.ensure_future(pool.run_cycle([x]))
+            await asyncio.sleep(0.2)
+            os.kill(pool.workers[0].pid, signal.SIGSTOP)  # type: ignore[arg-type]  # it cannot stop now
+            await pool.aclose(timeout_s=1.0)  # kills it
+            report = await asyncio.wait_for(cycle, 5)
+        finally:
+            pool.close()
+        assert (report.meters_ok, report.meters_failed) == (0, 1), report.summary()
+        assert isinstance(report.results[0].error, WorkerLost)
 
     try:
         asyncio.run(scenario())
