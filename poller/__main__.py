@@ -180,7 +180,7 @@ class Service:
         self.schedule = Schedule(settings.poll_cron)
         self.watcher = ConfigWatcher(ConfigSource(settings))
         self.stop = asyncio.Event()
-        self.running: set[asyncio.Task[None]] = set()
+        self.running: dict[asyncio.Task[None], tuple[Meter, ...]] = {}  # the cycles, each with its meters
         self.counting: set[asyncio.Future[int]] = set()  # ticks missed by buses that changed instance
         self.outbox: Outbox | None = None
         self.poller: Poller | WorkerPool | None = None  # WorkerPool: POLL_WORKERS > 0
@@ -232,8 +232,18 @@ class Service:
         return 0
 
     def _wanted_buses(self) -> dict[str, float]:
+        """The configuration's buses with their graces; a cycle still polling under an earlier
+        configuration may have a request out with a timeout since lowered: its buses keep that
+        longer grace until it ends (a bus given back stays leased until its reply is due)."""
         config = self.watcher.current
-        return {} if config is None else wanted_buses(config.meters)
+        if config is None:
+            return {}
+        wanted = wanted_buses(config.meters)
+        for meters in {id(m): m for m in self.running.values() if m is not config.meters}.values():
+            for key, grace in wanted_buses(meters).items():
+                if grace > wanted.get(key, grace):
+                    wanted[key] = grace
+        return wanted
 
     def _leases_changed(self) -> None:
         """Buses came or went: connections and per-meter state of buses no longer held go."""
@@ -281,8 +291,8 @@ class Service:
                 continue  # a new or changed meter schedule is due from its first slot after now
             fired = self.schedule.fire(tick, datetime.now(UTC))
             task = asyncio.create_task(self._cycle(tick, fired, config.meters))
-            self.running.add(task)
-            task.add_done_callback(self.running.discard)
+            self.running[task] = config.meters
+            task.add_done_callback(self._cycle_done)
 
     async def _sleep_until(self, tick: datetime) -> str:
         """'tick' at `tick`, or earlier 'stop' or 'changed' (the configuration was replaced)."""
@@ -297,6 +307,9 @@ class Service:
         if not done:
             return "tick"
         return "stop" if self.stop.is_set() else "changed"
+
+    def _cycle_done(self, task: asyncio.Task[None]) -> None:
+        self.running.pop(task, None)
 
     async def _cycle(self, tick: datetime, fired: frozenset[str], meters: tuple[Meter, ...]) -> None:
         assert self.poller is not None
@@ -351,6 +364,7 @@ class Service:
         counting.add_done_callback(counted)
 
     async def _shut_down(self, watching: asyncio.Task[None] | None, leasing: asyncio.Task[None] | None) -> None:
+        pending: set[asyncio.Task[None]] = set()
         if self.running:
             log.info("stopping: waiting up to %.0f s for %d running cycle(s)", STOP_CYCLES_S, len(self.running))
             _, pending = await asyncio.wait(set(self.running), timeout=STOP_CYCLES_S)
@@ -367,8 +381,8 @@ class Service:
         await self.monitor.stop()
         if self.poller is not None:
             await close_poller(self.poller)  # worker processes: stopped and joined, their last lines read
-        if self.leases is not None:  # no request is in flight any more: the others may take over now
-            await asyncio.to_thread(self.leases.release_all)
+        if self.leases is not None:  # the others may take over now, or once a cut-short request's reply is due
+            await asyncio.to_thread(self.leases.release_all, bool(pending))
         if self.outbox is not None:
             await asyncio.to_thread(self.outbox.close)
         self.watcher.close()

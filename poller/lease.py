@@ -40,7 +40,13 @@ microseconds between that check and the write() itself.
 A bus given back keeps its lease until the in-flight request of the old owner could
 still be answered: expires_at = least(expires_at, now() + grace), grace = the
 longest reply window its meters have (their timeout, plus the frames' time on the
-wire for serial) plus one second; the giver stops sending before the transaction.
+wire for serial) plus one second. The giver stops sending part-way through the
+transaction (after its turn and the renewal), while now() is the transaction's start:
+the grace is lengthened by the time from the beat's start to that stop. A bus whose
+meters' timeouts were just lowered keeps the longer grace while a cycle polls it with
+the old ones (poller/__main__.py `_wanted_buses`). A clean stop that had to cancel
+cycles gives the buses back with their graces too: a request cut short may still be
+answered (`release_all`).
 
 The lease lasts POLL_LEASE_S, or longer when a meter's reply window needs it: a renewed
 lease has at least lease_s - heartbeat_s left, and the slowest meter's window (its grace)
@@ -208,6 +214,7 @@ class Leases:
         self._polled: dict[str, datetime] = {}  # bus key -> the latest tick it was polled at, here or before
         self._gaps: dict[str, datetime] = {}  # claimed, not polled here yet -> the previous owner's latest tick
         self._tracked: bool | None = None  # bus_leases.polled_through exists (None: not asked yet)
+        self._graces: dict[str, float] = {}  # the latest beat's: bus key -> its grace (`wanted_buses`)
         self.ticks_missed = 0  # meter-ticks no instance polled while their bus changed instance (`count_gaps`)
 
     # --- read by the poll path (any thread or the event loop; a dict lookup) ---
@@ -295,6 +302,7 @@ class Leases:
         started = time.monotonic()  # before the transaction: PostgreSQL's now() is later still
         before = set(self._until)  # expired ones too: after a pause they are lost, and said so
         self._set_lease(wanted)
+        self._graces = dict(wanted)
         live, renewed = self._count_and_renew(wanted)
         held_sorted = sorted(renewed)
         share = math.ceil(len(wanted) / live) if wanted else 0
@@ -303,7 +311,10 @@ class Leases:
         with self._ticks_lock:  # stop sending first: nothing goes out on them from now on
             for key in give_back:
                 self._set(key, None)
-            polled = self._polled.copy()  # their latest ticks: none comes after this
+            polled = self._polled.copy()
+        # now() is the transaction's start, this long before sending stopped at most (the beats'
+        # turn, the renewal): a grace counted from now() must last that much longer
+        late = time.monotonic() - started  # their latest ticks: none comes after this
         params: dict[str, Any] = {"me": self.instance, "lease": self.effective_lease_s}
         try:
             # the buses lost (their leases ran out, or were taken) and not taken yet: their latest
@@ -311,7 +322,7 @@ class Leases:
             gone = set(held_sorted).union(give_back)
             self._record_ticks({k: t for k, t in polled.items() if k not in gone})
             if give_back:
-                graces = [wanted.get(k, self.effective_lease_s) for k in give_back]
+                graces = [wanted.get(k, self.effective_lease_s) + late for k in give_back]
                 self._query(
                     "UPDATE bus_leases AS l SET owner = NULL, "
                     "expires_at = least(l.expires_at, now() + g.grace * interval '1 second')"
@@ -489,13 +500,15 @@ class Leases:
                 pass
             session.close()
 
-    def release_all(self) -> None:
-        """At a clean stop, once no request is in flight: give every lease back at once, so the
-        others take the buses over at their next heartbeat. Blocking, bounded; errors are logged."""
+    def release_all(self, cut_short: bool = False) -> None:
+        """At a clean stop, once the cycles are over: give every lease back, so the others take the
+        buses over at their next heartbeat. At once, unless cycles were cancelled (`cut_short`): then
+        a request may have been out, its reply still due, and each bus stays leased for its grace as
+        a bus given back does. Blocking, bounded; errors are logged."""
         with self._lock:  # a beat still running in its thread (the task awaiting it was cancelled)
-            self._release_all()
+            self._release_all(cut_short)
 
-    def _release_all(self) -> None:
+    def _release_all(self, cut_short: bool) -> None:
         with self._ticks_lock:
             held = list(self._until)
             for key in held:
@@ -505,11 +518,16 @@ class Leases:
             self._open()
             self._query("BEGIN")
             self._record_ticks(polled)  # the instances taking the buses count the ticks from there
-            self._query("UPDATE bus_leases SET owner = NULL, expires_at = now() WHERE owner = %(me)s",
-                        {"me": self.instance})
+            graces = self._graces if cut_short else {}  # a bus not in the latest beat's: the whole lease
+            self._query("UPDATE bus_leases AS l SET owner = NULL, expires_at = least(l.expires_at, now() + coalesce("
+                        "(SELECT g.grace FROM unnest(%(buses)s::text[], %(graces)s::float8[]) AS g(bus, grace) "
+                        "WHERE g.bus = l.bus), %(otherwise)s) * interval '1 second') WHERE l.owner = %(me)s",
+                        {"me": self.instance, "buses": list(graces), "graces": list(graces.values()),
+                         "otherwise": self.effective_lease_s if cut_short else 0.0})
             self._query("DELETE FROM poller_instances WHERE instance = %(me)s", {"me": self.instance})
             self._query("COMMIT")
-            log.info("gave back the leases on %d buses", len(held))
+            log.info("gave back the leases on %d buses%s", len(held),
+                     " (each claimable once a reply to a request cut short could no longer come)" if cut_short else "")
         except Exception as exc:  # noqa: BLE001 - they expire by themselves
             self._rollback()
             log.warning("could not give back the leases (%s); they expire within %g s", _reason(exc),

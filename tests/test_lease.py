@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 import pytest
 
-from poller.lease import Leases, bus_key, grace_s, wanted_buses
+from poller.lease import BEAT_LOCK, Leases, bus_key, grace_s, wanted_buses
 from poller.model import BusAddress, DeviceType, Meter, SerialLine, Transport
 from poller.settings import from_env
 
@@ -614,3 +614,119 @@ def test_an_instance_claiming_its_own_expired_leases_again_takes_over_from_no_on
         assert len([m for m in said if "had expired (this instance was held up): claimed again" in m]) == len(BUSES)
     finally:
         a.close()
+
+
+# --------------------------------------------------------------------------- the grace a bus given back keeps
+
+
+def expires_at(postgres, database) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Each bus's expires_at, as Unix time."""
+    rows = postgres.psql(database, "-At", "-F", "|", "-c",
+                         "SELECT bus, extract(epoch FROM expires_at) FROM bus_leases").stdout
+    return {bus: float(epoch) for bus, _, epoch in (row.partition("|") for row in rows.splitlines())}
+
+
+def test_a_bus_given_back_stays_leased_for_its_grace_from_when_sending_stopped(postgres, database):
+    """now() is the transaction's start; the giver stops sending later, after its turn among the
+    beats (another instance's beat, held up, may hold it for seconds) and the renewal: a request
+    the fence let out just before the stop must be over before the bus can be claimed."""
+    window = 0.5  # BUSES' grace is this timeout + 1 s
+    with two_instances(postgres, database) as (a, b):
+        a.beat(BUSES)
+        b.beat(BUSES)  # joins: a's next beat gives 5 buses back
+        holder = postgres.connect(database)
+        try:
+            with holder.cursor() as cur:  # another beat holds the turn for 1.6 s
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (BEAT_LOCK,))
+            threading.Timer(1.6, holder.rollback).start()
+            stopped: dict[str, float] = {}
+            set_deadline = a._set
+
+            def spy(key: str, until: float | None) -> None:
+                if until is None and key not in stopped:
+                    assert time.monotonic() + window <= a.until_key(key)  # a request could still go out
+                    stopped[key] = time.time()
+                set_deadline(key, until)
+
+            a._set = spy  # type: ignore[method-assign]
+            given = a.beat(BUSES).released
+        finally:
+            holder.close()
+        expires = expires_at(postgres, database)
+        assert len(given) == 5 and all(expires[k] >= stopped[k] + window for k in given), {
+            k: round(stopped[k] + window - expires[k], 3) for k in given}
+
+
+def test_a_clean_stop_that_cut_a_request_short_keeps_its_bus_leased_until_the_reply_is_due(
+        postgres, database, hung_port, monkeypatch):
+    """SIGTERM: the cycles get STOP_CYCLES_S, then are cancelled, a request still out (an RTU
+    gateway, a serial line may still carry its reply): the bus is given back with its grace, not
+    at once, so no other instance sends on it while that reply may come."""
+    import asyncio
+    import types
+
+    import poller.__main__ as service
+    from poller.cycle import Poller
+    from poller.model import DataType, FunctionCode, Register
+
+    timeout = 3.0
+    dtype = DeviceType("slow", (Register(1, "t", 0, "m1", "V", DataType.UINT16, FunctionCode.READ_HOLDING_REGISTERS),),
+                       timeout_s=timeout)
+    meter = Meter(1, "127.0.0.1", hung_port, 1, dtype, transport=Transport.RTU_OVER_TCP)
+    wanted = wanted_buses([meter])
+    sent: list[float] = []
+
+    class Lines:
+        def put(self, lines: list[str]) -> None:
+            pass
+
+    async def stop_while_a_request_is_out(a: Leases) -> None:
+        def fence(address: BusAddress) -> float:
+            sent.append(time.time())
+            return a.until(address)
+
+        poller = Poller(Lines(), fence=fence)
+        task = asyncio.create_task(poller.run_cycle([meter]))
+        while not sent:
+            await asyncio.sleep(0.01)
+        monkeypatch.setattr(service, "STOP_CYCLES_S", 0.2)
+
+        async def nothing() -> None:
+            pass
+
+        running = types.SimpleNamespace(running={task: (meter,)}, monitor=types.SimpleNamespace(stop=nothing),
+                                        poller=poller, leases=a, outbox=None,
+                                        watcher=types.SimpleNamespace(close=lambda: None))
+        await service.Service._shut_down(running, None, None)  # type: ignore[arg-type]
+
+    with two_instances(postgres, database) as (a, b):
+        a.beat(wanted)
+        b.beat(wanted)
+        asyncio.run(stop_while_a_request_is_out(a))
+        assert expires_at(postgres, database)[bus_key(meter.bus)] >= sent[0] + timeout
+        assert b.beat(wanted).claimed == []
+
+
+def test_a_timeout_lowered_while_a_cycle_polls_with_the_old_one_keeps_the_longer_grace():
+    """A cycle polls the meters of the configuration at its tick: a request may be out with the old,
+    longer timeout when the configuration lowers it. The buses the heartbeat wants keep that grace
+    while such a cycle runs (a bus given back meanwhile stays leased until its reply is due)."""
+    import asyncio
+    import types
+
+    import poller.__main__ as service
+
+    slow = DeviceType("t", (), timeout_s=10.0)
+    old = (Meter(1, "10.0.0.9", 502, 1, slow), Meter(2, "10.0.0.2", 502, 1, DTYPE))
+    new = (Meter(1, "10.0.0.9", 502, 1, DTYPE), old[1])
+
+    async def under_way() -> None:
+        cycle = asyncio.get_running_loop().create_future()
+        it = types.SimpleNamespace(watcher=types.SimpleNamespace(current=types.SimpleNamespace(meters=new)),
+                                   running={cycle: old})
+        assert service.Service._wanted_buses(it) == {  # type: ignore[arg-type]
+            bus_key(old[0].bus): grace_s([old[0]]), bus_key(old[1].bus): grace_s([old[1]])}
+        it.running = {}  # that cycle is over
+        assert service.Service._wanted_buses(it) == wanted_buses(new)  # type: ignore[arg-type]
+
+    asyncio.run(under_way())
