@@ -250,7 +250,7 @@ class Service:
         assert self.poller is not None and self.leases is not None and self.watcher.current is not None
         mine = [m for m in self.watcher.current.meters if self.leases.owns(m.bus)]
         self.poller.forget_except(mine)
-        self.monitor.forget_meters_except(mine)
+        self.monitor.forget_meters_except(m for m in mine if m.enabled)
 
     async def _start_monitor(self) -> bool:
         """First: a port in use stops the service before anything else starts."""
@@ -271,7 +271,7 @@ class Service:
         if self.leases is not None:
             meters = tuple(m for m in meters if self.leases.owns(m.bus))
         self.poller.forget_except(meters)
-        self.monitor.forget_meters_except(meters)
+        self.monitor.forget_meters_except(m for m in meters if m.enabled)  # a disabled meter is not polled
         self.monitor.config_problems.set(len(config.problems))
 
     async def _tick_loop(self) -> None:

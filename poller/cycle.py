@@ -207,7 +207,10 @@ class Poller:
         self._crashed &= ids
         wanted = {m.bus for m in meters}
         for address in [a for a in self.buses if a not in wanted]:
-            self.buses.pop(address).close()
+            bus = self.buses.pop(address)
+            if address not in self._busy:  # one being polled: its request in flight may still be
+                bus.close()                 # answered (a bus given back keeps its lease for that);
+                                            # _poll_bus closes it when its poll ends
 
     def close(self) -> None:
         for bus in self.buses.values():

@@ -545,6 +545,7 @@ class Leases:
         held run out by themselves meanwhile: polling those buses stops at their deadline)."""
         import psycopg2
 
+        announced: set[str] = set()  # the buses held when on_change was last called
         while not stop.is_set():
             try:
                 result = await asyncio.to_thread(self.beat, wanted())
@@ -563,8 +564,12 @@ class Leases:
                     log.info("buses held: %d (claimed %d, gave back %d, lost %d); %d live instance(s), share %d",
                              result.owned, len(result.claimed), len(result.released), len(result.lost),
                              result.live, result.share)
-                    self.on_change()
                 delay = self.heartbeat_s
+            # buses come and go at a beat, and also go when their leases run out while beats fail
+            # (PostgreSQL away): their connections and per-meter series go with them
+            if (held := self.held()) != announced:
+                announced = held
+                self.on_change()
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:

@@ -77,6 +77,7 @@ class Monitor:
         # each meter's one label set in the two series above, and its two series (children), kept with
         # the Meter object they were made for: looked up once per meter and cycle, not by labels each time
         self._labels: dict[int, tuple[Meter, MeterLabels, Any, Any]] = {}
+        self._current: set[int] | None = None  # the meters with series (forget_meters_except); None: all
         self._server: asyncio.Server | None = None
         self._connections = 0
         self.request_timeout_s = 5.0  # for the whole request: a slow client is cut off
@@ -144,11 +145,14 @@ class Monitor:
         self.invalid.inc(report.invalid)
         self.requests.inc(report.requests)
         self.ticks_skipped.inc(report.buses_busy)
+        current = self._current
         for res in report.results:
             for reason in res.counter_rejects:
                 self.counter_rejects.labels(reason).inc()
             if res.handed_off:
                 continue  # another instance holds its bus's lease now: up or not is its to say
+            if current is not None and res.meter.id not in current:
+                continue  # forgotten while this cycle polled it (deleted, disabled, its bus given back)
             _, _, up, errors = self._meter_series(res.meter)
             up.set(1 if res.ok else 0)
             if res.errors:
@@ -184,6 +188,7 @@ class Monitor:
                 current[m] = None
             else:
                 current[m.id] = meter_labels(m)
+        self._current = set(current)
         for meter_id, (_, key, _, _) in list(self._labels.items()):
             if meter_id not in current or current[meter_id] not in (None, key):
                 self._remove(meter_id)

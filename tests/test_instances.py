@@ -19,6 +19,8 @@ import re
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -331,3 +333,103 @@ def test_the_ticks_buses_miss_while_they_change_instance_are_counted(postgres, d
                      r"poll", texts[1]), texts[1]
     for text in texts:
         assert "Traceback" not in text, text
+
+
+# --------------------------------------------------------------------------- what /metrics says of a bus gone
+
+
+def meter_up(port: int) -> dict[str, float]:
+    """emm_meter_up by meter id, as the instance serving /metrics on `port` exports it ({}: not
+    serving yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    except urllib.error.URLError:
+        return {}
+    return {m[1]: float(m[2]) for m in re.finditer(r'^emm_meter_up\{[^}]*meter="(\d+)"[^}]*\} (\S+)$', text, re.M)}
+
+
+def one_register_meters(postgres, database, rows: str, timeout_s: float = 2.0) -> None:  # type: ignore[no-untyped-def]
+    """`rows`: (host, port, slave_address) of meters with one register each."""
+    postgres.psql(database, "-c", f"""
+        DELETE FROM energy_meters;
+        INSERT INTO device_types (name, timeout_s) VALUES ('one', {timeout_s});
+        INSERT INTO registers (type, register_address, measurement_name, data_type, data_unit)
+            VALUES ('one', 0, 'v', 3, 'V');
+        INSERT INTO energy_meters (host, port, slave_address, type)
+            SELECT h, p, u, 'one' FROM (VALUES {rows}) AS m(h, p, u);""")
+
+
+def meter_ids(postgres, database, port: int) -> list[str]:  # type: ignore[no-untyped-def]
+    return postgres.psql(database, "-At", "-c", f"SELECT id FROM energy_meters WHERE port = {port} ORDER BY id"
+                         ).stdout.split()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bus_handed_over_with_a_request_out_fails_no_meter_and_leaves_no_series_behind(
+        postgres, database, victoria, poller_login, tmp_path, workers):
+    """A polls buses Y (fast) and X (0.9 s a reply, two meters: a request is out at almost any
+    instant); B joins and A gives X back. The request out is answered within the grace: no meter
+    is reported failed (log, poller_status, /metrics), and A, which no longer polls X, exports
+    nothing of X's meters, even for the cycle that was under way at the hand-over."""
+    fleet = Fleet(2)
+    y, x = sorted(fleet.ports, key=lambda p: f"tcp 127.0.0.1:{p}")  # A keeps the first key in order (lease.py)
+    fleet.buses[fleet.ports.index(x)].latency_s = 0.9
+    one_register_meters(postgres, database, f"('127.0.0.1', {x}, 1), ('127.0.0.1', {x}, 2), ('127.0.0.1', {y}, 1)")
+    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
+           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), "POLL_WORKERS": str(workers)}
+    ports = [free_port(), free_port()]
+    x_ids = meter_ids(postgres, database, x)
+    procs: list[Any] = []
+
+    def holding(pid: int) -> set[str]:
+        return {bus for bus, owner in postgres.lease_owners(database).items() if instance_pid(owner) == pid}
+
+    try:
+        procs.append(start_module("poller", [], {**env, "POLL_HTTP_PORT": str(ports[0])}, tmp_path / "a.log"))
+        wait_until(lambda: len(holding(procs[0].pid)) == 2, 30, "A holds both buses", procs)
+        wait_until(lambda: all(meter_up(ports[0]).get(i) == 1.0 for i in x_ids), 15, "A: X's meters up", procs)
+        procs.append(start_module("poller", [], {**env, "POLL_HTTP_PORT": str(ports[1])}, tmp_path / "b.log"))
+        wait_until(lambda: holding(procs[1].pid) == {f"tcp 127.0.0.1:{x}"}, 30, "B holds X", procs)
+        wait_until(lambda: all(meter_up(ports[1]).get(i) == 1.0 for i in x_ids), 15, "B: X's meters up", procs)
+        time.sleep(3)  # A's cycles under way at the hand-over are over
+        on_a = meter_up(ports[0])
+        status = victoria.export("poller_status_up", min_samples=20)
+    finally:
+        rcs = [stop_process(p) for p in procs]
+        fleet.close()
+    failed = [line for line in (tmp_path / "a.log").read_text().splitlines()
+              if " failed" in line and "failed=0" not in line]
+    assert not failed
+    assert [s["metric"]["meter"] for s in status if 0 in s["values"]] == []
+    assert set(on_a) == set(meter_ids(postgres, database, y)) and set(on_a.values()) == {1.0}
+    assert rcs == [0, 0]
+
+
+def test_the_series_of_meters_an_instance_stops_polling_go(postgres, database, victoria, poller_login, tmp_path):
+    """A meter disabled is polled no more and its series go; PostgreSQL away long enough for the
+    leases to run out: nothing is polled, and nothing says a meter is up."""
+    fleet = Fleet(1)
+    port = free_port()
+    one_register_meters(postgres, database, f"('127.0.0.1', {fleet.ports[0]}, 1), ('127.0.0.1', {fleet.ports[0]}, 2)",
+                        timeout_s=0.5)
+    first, second = meter_ids(postgres, database, fleet.ports[0])
+    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
+           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), "POLL_HTTP_PORT": str(port)}
+    proc = start_module("poller", [], env, tmp_path / "a.log")
+    try:
+        wait_until(lambda: meter_up(port) == {first: 1.0, second: 1.0}, 30, "both meters up", [proc])
+        postgres.psql(database, "-c", f"UPDATE energy_meters SET enabled = false WHERE id = {second}")
+        wait_until(lambda: meter_up(port) == {first: 1.0}, 10, "the disabled meter's series gone", [proc])
+        since = time.time()
+        time.sleep(2)
+        assert {unit for t, unit in fleet.buses[0].reads if t >= since} == {1}
+        postgres.stop()
+        try:
+            wait_until(lambda: scraped(port, "emm_buses_leased") == 0, LEASE_S + 10, "the lease ran out", [proc])
+            wait_until(lambda: meter_up(port) == {}, 5, "the series gone with the lease", [proc])
+        finally:
+            postgres.start()
+    finally:
+        assert stop_process(proc) == 0
+        fleet.close()
