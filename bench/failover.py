@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
           f"- shared before the kill: {result['shared_before']} buses per instance; after: {result['shared_after']}\n"
           f"- SIGKILL of the instance holding {len(victim_buses)} buses: all polled again after "
           f"{'-' if takeover_s is None else f'{takeover_s:.1f}'} s (bound {bound_s:g} s)\n"
-          f"- meter-ticks lost: {lost_in} inside the takeover window, {lost_out} elsewhere; doubled: {doubled}\n"
+          f"- meter-ticks lost (no reading stored: not polled, or read by the victim and lost with its memory): "
+          f"{lost_in} inside the takeover window, {lost_out} elsewhere; doubled: {doubled}\n"
           f"- counted by the survivors (emm_meter_ticks_missed_total, from the kill on): {counted:g} (an upper "
           f"bound after a death: the ticks the victim polled after its last heartbeat count too)\n"
           f"- CPU per reading, all instances together: {result['cpu_us_per_reading_all_instances']:.2f} us")

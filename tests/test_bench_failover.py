@@ -22,7 +22,11 @@ def test_failover_run_reports_takeover_within_bound_nothing_doubled(tmp_path):
     assert result["takeover_s"] <= result["takeover_bound_s"] + 1
     assert result["meter_ticks_doubled"] == 0 and result["meter_ticks_lost_elsewhere"] == 0
     assert result["meter_ticks_polled"] + result["meter_ticks_lost_in_takeover_window"] == result["meter_ticks"]
-    # the survivors' own count: every lost tick, and at most one more per meter of the victim's buses
-    # (polled after its last heartbeat; README, "Several pollers")
+    # the survivors' own count: at most one more per meter of the victim's buses (polled after its last
+    # heartbeat; README, "Several pollers"). The bench sees a tick as lost when no reading of it was
+    # stored, which includes what the victim had read but still held in memory when it was killed
+    # (README: the cycle under way, or the last quarter second, and the batch in flight): polled, so
+    # not the survivors' to count, up to two ticks of each of its meters
     lost, counted = result["meter_ticks_lost_in_takeover_window"], result["meter_ticks_missed_counted"]
-    assert lost <= counted <= lost + 2 * 2, (lost, counted)
+    victim_meters = 2 * 2
+    assert lost - 2 * victim_meters <= counted <= lost + victim_meters, (lost, counted)
