@@ -183,7 +183,9 @@ class Poller:
         self.health = DeviceHealth()
         self.max_parallel_endpoints = max_parallel_endpoints
         self._gate: asyncio.Semaphore | None = None
-        self._busy: set[BusAddress] = set()  # buses with a poll under way
+        # the wires (BusAddress.wire) with a poll under way: a bus described anew (its transport
+        # or serial settings changed) is the same wire, and waits until the old poll is over
+        self._busy: set[tuple[str, str, int]] = set()
         self._busy_reported: set[BusAddress] = set()
         self._crashed: set[int] = set()  # meters whose internal error was logged with its traceback
 
@@ -208,7 +210,7 @@ class Poller:
         wanted = {m.bus for m in meters}
         for address in [a for a in self.buses if a not in wanted]:
             bus = self.buses.pop(address)
-            if address not in self._busy:  # one being polled: its request in flight may still be
+            if address.wire not in self._busy:  # one being polled: its request in flight may still be
                 bus.close()                 # answered (a bus given back keeps its lease for that);
                                             # _poll_bus closes it when its poll ends
 
@@ -233,7 +235,7 @@ class Poller:
         for meter in meters:
             by_bus.setdefault(meter.bus, []).append(meter)
         report = CycleReport()
-        busy = [k for k in by_bus if k in self._busy]
+        busy = [k for k in by_bus if k.wire in self._busy]
         if busy:
             skipped = sum(len(by_bus.pop(k)) for k in busy)
             report.buses_busy = len(busy)
@@ -244,7 +246,7 @@ class Poller:
                     "%d bus(es) still busy with an earlier cycle (%s): their %d meter(s) skip this tick",
                     len(busy), names, skipped)
         for address in by_bus:  # claimed now, before any await: a concurrent cycle sees them busy
-            self._busy.add(address)
+            self._busy.add(address.wire)
         groups = await asyncio.gather(*(self._poll_bus(a, g) for a, g in by_bus.items()))
         for results in groups:
             for res in results:
@@ -286,7 +288,7 @@ class Poller:
                     bus.close()  # the quirk of devices that allow one client: the next poll reconnects
                 await asyncio.sleep(0)  # the last _finish runs before the bus counts as done
         finally:
-            self._busy.discard(address)
+            self._busy.discard(address.wire)
             if bus is not None and self.buses.get(address) is not bus:
                 bus.close()  # dropped from the configuration while it was being polled
         if all(r.ok for r in results):  # healthy again: a new busy streak is worth a WARNING

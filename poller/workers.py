@@ -119,18 +119,23 @@ class WorkerLost(ModbusError):
 # Pure parts: which worker polls which bus, and the merge of the workers' reports
 
 
+Wire = tuple[str, str, int]  # BusAddress.wire: the physical bus, however it is described
+
+
 class Shards:
     """Which worker polls which bus: a bus goes to the least loaded worker the first time it is
     seen (the heaviest new buses first), and stays there while the pool runs. A bus's load is the
-    number of values its meters read (at least one per meter): the CPU a cycle spends on it."""
+    number of values its enabled meters read (at least one per meter): the CPU a cycle spends on
+    it. A bus is its wire: described anew (Modbus TCP to RTU over TCP on the same gateway, other
+    serial settings), it stays with its worker, where a poll still under way holds it."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.of: dict[BusAddress, int] = {}
-        self.weight: dict[BusAddress, int] = {}  # the configured buses only
+        self.of: dict[Wire, int] = {}
+        self.weight: dict[Wire, int] = {}  # the configured buses only
         self.load = [0] * workers
 
-    def update(self, weights: Mapping[BusAddress, int]) -> None:
+    def update(self, weights: Mapping[Wire, int]) -> None:
         """The configured buses and their loads now; buses not in `weights` weigh nothing (but
         keep their worker, should they come back)."""
         for bus in [b for b in self.weight if b not in weights]:
@@ -145,7 +150,7 @@ class Shards:
             self.weight[bus] = weights[bus]
             self.load[index] += weights[bus]
 
-    def worker(self, bus: BusAddress) -> int:
+    def worker(self, bus: Wire) -> int:
         """The bus's worker (a bus not seen before is placed now, with the least load)."""
         index = self.of.get(bus)
         if index is None:
@@ -153,10 +158,12 @@ class Shards:
         return index
 
 
-def bus_weights(meters: Iterable[Meter]) -> dict[BusAddress, int]:
-    weights: dict[BusAddress, int] = {}
+def bus_weights(meters: Iterable[Meter]) -> dict[Wire, int]:
+    weights: dict[Wire, int] = {}
     for meter in meters:
-        weights[meter.bus] = weights.get(meter.bus, 0) + max(1, len(meter.device_type.registers))
+        if meter.enabled:  # a disabled meter is not polled: no load
+            wire = meter.bus.wire
+            weights[wire] = weights.get(wire, 0) + max(1, len(meter.device_type.registers))
     return weights
 
 
@@ -431,7 +438,7 @@ class WorkerPool:
         self.shards.update(bus_weights(meters))
         mine: list[list[Meter]] = [[] for _ in self.workers]
         for meter in meters:
-            mine[self.shards.worker(meter.bus)].append(meter)
+            mine[self.shards.worker(meter.bus.wire)].append(meter)
         for handle, its in zip(self.workers, mine, strict=True):
             if handle.alive:
                 self._send_meters(handle, its, keep=True)
@@ -444,7 +451,7 @@ class WorkerPool:
         cycle = next(self._cycles)
         groups: dict[int, list[Meter]] = {}
         for meter in meters:
-            groups.setdefault(self.shards.worker(meter.bus), []).append(meter)
+            groups.setdefault(self.shards.worker(meter.bus.wire), []).append(meter)
         asked: list[tuple[_Handle, asyncio.Future[CycleReport]]] = []
         for index, group in groups.items():
             handle = self.workers[index]
@@ -632,7 +639,7 @@ class WorkerPool:
             return
         handle = self._start(dead.index)
         self.workers[dead.index] = handle
-        its = [m for m in self._meters.values() if self.shards.worker(m.bus) == dead.index]
+        its = [m for m in self._meters.values() if self.shards.worker(m.bus.wire) == dead.index]
         self._send_meters(handle, its, keep=True)
 
 

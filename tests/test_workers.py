@@ -9,12 +9,14 @@ VictoriaMetrics, whose workers are killed, signalled and orphaned on purpose.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pickle
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -70,8 +72,8 @@ def meter(mid: int, host: str = "gw", port: int = 502, unit: int = 1, values: in
 
 def test_each_bus_goes_to_the_least_loaded_worker_and_stays_there():
     shards = Shards(2)
-    heavy, light = BusAddress(Transport.TCP, "heavy", 502), BusAddress(Transport.TCP, "light", 502)
-    others = [BusAddress(Transport.TCP, f"b{i}", 502) for i in range(4)]
+    heavy, light = BusAddress(Transport.TCP, "heavy", 502).wire, BusAddress(Transport.TCP, "light", 502).wire
+    others = [BusAddress(Transport.TCP, f"b{i}", 502).wire for i in range(4)]
     shards.update({light: 2, heavy: 10, **{b: 3 for b in others}})
     # the heaviest first, each to the least loaded: heavy (10) + light (2) against 4 x 3
     assert shards.load == [12, 12] and shards.of[heavy] == shards.of[light] != shards.of[others[0]]
@@ -80,7 +82,7 @@ def test_each_bus_goes_to_the_least_loaded_worker_and_stays_there():
     shards.update({heavy: 1, others[0]: 50})
     assert {b: shards.of[b] for b in before} == before
     assert sum(shards.load) == 51 and shards.load[shards.of[others[0]]] >= 50
-    new = BusAddress(Transport.UDP, "light", 502)
+    new = BusAddress(Transport.UDP, "light", 502).wire
     shards.update({heavy: 1, others[0]: 50, new: 1})
     assert shards.of[new] != shards.of[others[0]]  # the least loaded
     shards.update({})  # everything gone ...
@@ -88,7 +90,7 @@ def test_each_bus_goes_to_the_least_loaded_worker_and_stays_there():
     shards.update({light: 2})  # ... and back: where it was
     assert shards.of[light] == before[light] and shards.worker(light) == before[light]
     # a bus never seen (a meter due before the configuration reached the pool): placed at once, then fixed
-    stray = BusAddress(Transport.TCP, "stray", 1502)
+    stray = BusAddress(Transport.TCP, "stray", 1502).wire
     assert shards.worker(stray) == shards.worker(stray) == shards.of[stray]
 
 
@@ -96,6 +98,9 @@ def test_buses_weigh_what_their_meters_read_and_spread_evenly():
     meters = [meter(i, f"gw{i % 6}", values=1 + i % 3) for i in range(60)]
     weights = bus_weights(meters)
     assert sum(weights.values()) == sum(len(m.device_type.registers) for m in meters)
+    # a disabled meter is not polled: it weighs nothing (a bus of only disabled meters, not at all)
+    idle = [dataclasses.replace(meter(100 + i, "idle", values=9), enabled=False) for i in range(3)]
+    assert bus_weights(meters + idle) == weights
     shards = Shards(4)
     shards.update(weights)
     assert max(shards.load) - min(shards.load) <= max(weights.values())
@@ -311,7 +316,7 @@ def test_the_pool_polls_in_its_workers_fences_with_the_main_process_deadlines_an
             assert (report.meters_ok, report.readings, report.meters_failed) == (8, 24, 0), report.summary()
             assert len(out.lines) == 8 * 4  # 3 readings and a status point per meter
             assert {r.meter.id for r in report.results} == {m.id for m in meters}
-            assert len({pool.shards.of[m.bus] for m in meters}) == 2  # both workers have buses
+            assert len({pool.shards.of[m.bus.wire] for m in meters}) == 2  # both workers have buses
 
             # the lease of one bus ends in the main process: its worker sends nothing there any more
             ended = meters[0].bus
@@ -766,3 +771,58 @@ def test_workers_exit_when_the_main_process_dies(postgres, database, victoria, t
         stop_process(proc)
         for server in servers:
             server.close()
+
+
+def test_a_gateway_described_anew_while_its_poll_is_under_way_is_never_polled_twice_at_once():
+    """The operator changes a gateway's transport (Modbus TCP to RTU over TCP, the same host:port:
+    the same wire) while its poll is under way: the new description waits for the old poll, in one
+    process as with workers (the same worker), so the gateway never has two clients at once."""
+    server = SimulatedServer(units={}, default=words, latency_s=1.0)
+    gateway = ModbusServerThread(server)
+    other = ModbusServerThread(SimulatedServer(units={}, default=words))
+    old = Meter(1, "127.0.0.1", gateway.port, 1, dtype(2, "t", 3.0))
+    new = dataclasses.replace(old, transport=Transport.RTU_OVER_TCP)
+    assert old.bus != new.bus and old.bus.wire == new.bus.wire
+    added = Meter(2, "127.0.0.1", other.port, 1, dtype(9))  # a gateway added in the same edit
+    most = [0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            most[0] = max(most[0], len(server._open_tcp))
+            time.sleep(0.002)
+
+    async def scenario(poller: Poller | WorkerPool) -> int:
+        poller.forget_except([old])
+        assert (await poller.run_cycle([old])).meters_ok == 1  # connected
+        first = asyncio.ensure_future(poller.run_cycle([old]))
+        await asyncio.sleep(0.3)
+        poller.forget_except([new, added])
+        second = await asyncio.wait_for(poller.run_cycle([new, added]), 10)
+        assert (await asyncio.wait_for(first, 10)).meters_ok == 1
+        return second.buses_busy
+
+    async def in_process() -> int:
+        poller = Poller(Lines())
+        try:
+            return await scenario(poller)
+        finally:
+            poller.close()
+
+    async def in_workers() -> int:
+        pool = WorkerPool(Lines(), 2)
+        try:
+            return await scenario(pool)
+        finally:
+            await pool.aclose()
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        assert asyncio.run(in_process()) == 1  # sat the tick out
+        assert asyncio.run(in_workers()) == 1
+    finally:
+        sampling.set()
+        gateway.close()
+        other.close()
+    assert most[0] == 1
