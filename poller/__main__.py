@@ -25,7 +25,7 @@ from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
 from .spool import MIB, Spool, SpoolError, SpoolInUse
 from .store import Configuration
-from .workers import WorkerPool, close_poller, make_poller
+from .workers import WorkerPool, close_poller, make_poller, retire_counter_files
 
 log = logging.getLogger("poller")
 
@@ -201,6 +201,8 @@ class Service:
             return 2
         self.monitor.watch_outbox(self.outbox.stats)
         spool = self.outbox.spool
+        if spool is not None:  # this instance's own directory (what a --once run left there is merged too)
+            retire_counter_files(spool.dir, self.settings.workers)
         self.poller = make_poller(self.outbox, self.settings, status_points=not self.dry_run, leases=self.leases,
                                   counters_dir=None if spool is None else spool.dir)
         if isinstance(self.poller, WorkerPool):

@@ -41,7 +41,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,10 +169,11 @@ class CounterGuard:
 
     # --- kept across restarts -------------------------------------------------------------
 
-    def load(self, paths: Iterable[Path] | None = None) -> None:
-        """Read the last values written (of `paths`, default this guard's file): per counter, the
-        newest one. A missing file is a first start; a damaged one is set aside, logged, and
-        costs only the history (the first readings are then taken as they come)."""
+    def load(self, paths: Iterable[Path] | None = None, meters: Collection[int] | None = None) -> None:
+        """Read the last values written (of `paths`, default this guard's file; of `meters` only,
+        when given): per counter, the newest one, here or there. A missing file is a first start; a
+        damaged one is set aside, logged, and costs only the history (the first readings are then
+        taken as they come)."""
         for path in list(paths) if paths is not None else ([self.path] if self.path else []):
             try:
                 data = path.read_bytes()
@@ -191,9 +192,12 @@ class CounterGuard:
                             path, exc, aside.name)
                 continue
             for key, value, time_ms in entries:
+                if meters is not None and key[0] not in meters:
+                    continue
                 known = self._counters.get(key)
                 if known is None or time_ms > known.time_ms:
                     self._counters[key] = _Counter(value, time_ms)
+                    self._dirty = self._dirty or path != self.path  # newer than its own file holds
 
     def save(self, force: bool = False) -> None:
         """`snapshot` and `write` in one: for a stop, or a caller off the event loop."""
@@ -214,9 +218,9 @@ class CounterGuard:
         entries = [[*key, state.value, state.time_ms] for key, state in sorted(self._counters.items())]
         return json.dumps({"version": STATE_VERSION, "counters": entries}, separators=(",", ":")).encode()
 
-    def write(self, body: bytes) -> None:
+    def write(self, body: bytes) -> bool:
         """Replace the file with `body` atomically (a crash leaves the old or the new file). Never
-        raises: a failed write is logged once, and tried again with the next snapshot."""
+        raises: a failed write is logged once, and tried again with the next snapshot (False)."""
         assert self.path is not None
         tmp = self.path.with_name(self.path.name + ".tmp")
         with self._writing:  # one writer at a time: writes may run in several threads
@@ -233,10 +237,11 @@ class CounterGuard:
                     self._write_failed = True
                     log.warning("cannot write the counter state %s: %s (counters keep working; a restart would "
                                 "take their first readings without history)", self.path, exc)
-                return
+                return False
             if self._write_failed:
                 self._write_failed = False
                 log.info("counter state %s written again", self.path)
+            return True
 
 
 def _parse(raw: bytes) -> list[tuple[Key, float, int]]:

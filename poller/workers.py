@@ -251,6 +251,7 @@ class _Worker:
         self.slots: dict[BusAddress, int] = {}
         self.cycles: dict[int, asyncio.Task[None]] = {}
         self.channel = Channel(f"worker {index}", self._handle, self._finish)
+        self.counters_dir = options.counters_dir
         self.poller = Poller(self, options.max_parallel_endpoints, status_points=options.status_points,
                              fence=self.fence if options.fenced else None,
                              counters=counter_guard(options.counters_dir, f"counters-worker-{index}.json"),
@@ -329,8 +330,13 @@ class _Worker:
         elif kind == "meters":
             _, meters, slots, keep = message
             self.slots.update(slots)
+            arrived = {m.id for m in meters if m.id not in self.meters}
             for meter in meters:
                 self.meters[meter.id] = meter
+            if arrived and self.counters_dir is not None and self.poller.counters is not None:
+                # a meter moved here from another worker's bus: its counters' history comes from the
+                # state files (the other worker's is at most SAVE_EVERY_S old: still a lower bound)
+                self.poller.counters.load(counter_files(self.counters_dir), arrived)
             if keep is not None:
                 kept = set(keep)
                 self.meters = {i: m for i, m in self.meters.items() if i in kept}
@@ -674,8 +680,35 @@ def counter_guard(directory: str | os.PathLike[str] | None, name: str = "counter
     if directory is None:
         return CounterGuard()
     guard = CounterGuard(Path(directory) / name)
-    guard.load(sorted(Path(directory).glob("counters*.json")))
+    guard.load(counter_files(directory))
     return guard
+
+
+def counter_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Every process's counter state in `directory` (counters.json, counters-worker-N.json)."""
+    return sorted(Path(directory).glob("counters*.json"))
+
+
+def retire_counter_files(directory: str | os.PathLike[str], workers: int) -> None:
+    """At a start, in the directory this service alone uses: the state files of processes this run
+    does not have (POLL_WORKERS lowered, or set to or from 0) are merged into its first file, then
+    removed. Left, they were read at every start and never written again: a counter only they
+    held (a meter deleted since) came back each time, and held back its id's next first reading."""
+    live = ["counters.json"] if workers <= 0 else [f"counters-worker-{i}.json" for i in range(workers)]
+    files = counter_files(directory)
+    orphans = [f for f in files if f.name not in live]
+    if not orphans:
+        return
+    merged = CounterGuard(Path(directory) / live[0])
+    merged.load(files)  # the newest value of every counter, in any file
+    body = merged.snapshot(force=True)
+    if body is not None and not merged.write(body):
+        return  # logged; the files stay, and are tried again at the next start
+    for path in orphans:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    log.info("counter state of %s merged into %s (POLL_WORKERS=%d)", ", ".join(p.name for p in orphans), live[0],
+             workers)
 
 
 def make_poller(readings: Readings, settings: Settings, status_points: bool = True,

@@ -15,11 +15,12 @@ import pickle
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller.channel import Channel, frame
+from poller.counters import CounterGuard
 from poller.cycle import CycleReport, MeterResult, Poller
 from poller.lease import SharedFences, bus_key
 from poller.modbus import ResponseTimeout
@@ -41,12 +43,15 @@ from poller.workers import (
     _Pending,
     bus_weights,
     counted_report,
+    counter_files,
+    counter_guard,
     decode_result,
     describe_exit,
     encode_result,
     failed_part,
     merge_reports,
     report_counts,
+    retire_counter_files,
 )
 from tests.servers import ModbusServerThread, free_port, start_module, stop_process
 from tests.test_faults import seed_registers
@@ -826,3 +831,66 @@ def test_a_gateway_described_anew_while_its_poll_is_under_way_is_never_polled_tw
         gateway.close()
         other.close()
     assert most[0] == 1
+
+
+def test_a_counter_moved_to_another_workers_bus_keeps_its_history(tmp_path):
+    """Meter 1 (an energy counter) reads 1000 kWh on gateway A, then is moved to gateway B, which
+    another worker polls, and reads 900 kWh there: held back as 'backwards', as one process does,
+    since its history comes with it (the state files in the counters directory)."""
+    energy = DeviceType("meter", (Register(1, "meter", 0, "energy", "kWh", DataType.FLOAT32, HOLDING,
+                                           counter=True),))
+
+    def reads(value: float) -> Callable[[], dict[tuple[int, int], int]]:
+        hi, lo = struct.unpack(">HH", struct.pack(">f", value))
+        return lambda: {(3, 0): hi, (3, 1): lo}
+
+    a = ModbusServerThread(SimulatedServer(units={}, default=reads(1000.0)))
+    b = ModbusServerThread(SimulatedServer(units={}, default=reads(900.0)))
+    on_a, on_b = Meter(1, "127.0.0.1", a.port, 1, energy), Meter(1, "127.0.0.1", b.port, 1, energy)
+    neighbour = Meter(2, "127.0.0.1", b.port, 2, energy)  # gateway B is already polled
+
+    async def scenario() -> list[str]:
+        pool = WorkerPool(Lines(), 2, counters_dir=str(tmp_path))
+        try:
+            pool.forget_except([on_a, neighbour])
+            assert (await pool.run_cycle([on_a, neighbour])).meters_ok == 2
+            assert pool.shards.of[on_a.bus.wire] != pool.shards.of[on_b.bus.wire]
+            pool.forget_except([on_b, neighbour])
+            second = await pool.run_cycle([on_b, neighbour])
+            return [reason for r in second.results if r.meter.id == 1 for reason in r.counter_rejects]
+        finally:
+            await pool.aclose()
+
+    try:
+        assert asyncio.run(scenario()) == ["backwards"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_counter_state_of_workers_no_longer_running_is_merged_then_removed(tmp_path):
+    """POLL_WORKERS lowered from 2 to 1: worker 1's file is read at the start (its counters keep
+    their history), merged into worker 0's and removed. Left, it was read at every start and never
+    written again: a meter deleted since came back each time, and its id's next first reading (a
+    meter re-added, its counter reset) was held back as 'backwards'."""
+    energy = DeviceType("meter", (Register(1, "meter", 0, "energy", "kWh", DataType.FLOAT32, HOLDING,
+                                           counter=True),))
+    kept, deleted = Meter(2, "gw", 502, 2, energy), Meter(1, "gw", 502, 1, energy)
+    reg = energy.registers[0]
+    now_ms = time.time_ns() // 1_000_000
+    for name, m, value in (("counters-worker-0.json", kept, 50.0), ("counters-worker-1.json", deleted, 1000.0)):
+        guard = CounterGuard(tmp_path / name)
+        assert guard.check(m, reg, value, now_ms) is None
+        guard.save(force=True)
+    retire_counter_files(tmp_path, 1)
+    assert [p.name for p in counter_files(tmp_path)] == ["counters-worker-0.json"]
+    first = counter_guard(tmp_path, "counters-worker-0.json")
+    assert first.check(deleted, reg, 900.0, now_ms + 1000) == "backwards"  # the history was kept
+    first.forget_except({kept.id})  # the meter is deleted
+    first.save(force=True)
+    again = counter_guard(tmp_path, "counters-worker-0.json")  # the next start
+    assert again.check(deleted, reg, 5.0, now_ms + 2000) is None  # its id re-used: a first reading
+    assert again.check(kept, reg, 40.0, now_ms + 2000) == "backwards"
+    retire_counter_files(tmp_path, 0)  # back to one process: counters.json, nothing lost
+    assert [p.name for p in counter_files(tmp_path)] == ["counters.json"]
+    assert counter_guard(tmp_path).check(kept, reg, 40.0, now_ms + 3000) == "backwards"
