@@ -7,8 +7,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import loop as event_loop
@@ -20,7 +21,7 @@ from .model import DeviceType, Meter
 from .monitor import Monitor
 from .outbox import Outbox
 from .plan import plan_device
-from .schedule import Schedule, cron_interval_s
+from .schedule import Schedule, cron_interval_s, fires_between
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
 from .spool import MIB, Spool, SpoolError, SpoolInUse
@@ -33,6 +34,8 @@ log = logging.getLogger("poller")
 # way), then the outbox gets Outbox.close_timeout_s to send; compose allows 20 s in all.
 STOP_CYCLES_S = 5.0
 HOLD_WRITES_S = 1.0  # the longest a cycle keeps its readings from InfluxDB (Outbox.hold), at most half an interval
+SLEEP_PIECE_S = 1.0  # the tick loop re-reads the wall clock at least this often: a step is noticed
+LATE_COUNT_SPAN = timedelta(days=1)  # skipped ticks are counted over at most this much of a late tick's delay
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,6 +165,13 @@ async def run_once(settings: Settings, dry_run: bool) -> int:
     return 1 if failed else 0
 
 
+def hold_seconds(schedule: Schedule, meters: tuple[Meter, ...]) -> float:
+    """How long a cycle keeps its readings from InfluxDB (Outbox.hold): HOLD_WRITES_S, or half the
+    interval of the fastest schedule among the enabled meters (POLL_CRON with none), if shorter."""
+    exprs = {schedule.cron_of(m) for m in meters if m.enabled} or {schedule.default_cron}
+    return min(HOLD_WRITES_S, min(cron_interval_s(e) for e in exprs) / 2)
+
+
 class Service:
     """`python -m poller`: the schedule, the configuration, the cycles, the outbox, /healthz.
 
@@ -175,6 +185,9 @@ class Service:
         self.settings = settings
         self.dry_run = dry_run
         self.interval_s = cron_interval_s(settings.poll_cron)
+        # Outbox.hold's seconds: half the fastest interval of the meters' schedules (_configuration_changed)
+        self.hold_s = min(HOLD_WRITES_S, self.interval_s / 2)
+        self.late_streak = False  # ticks are coming late (skipping slots): said once, until one is on time
         stale_after = settings.health_stale_s or max(60.0, 3 * self.interval_s)
         self.monitor = Monitor(stale_after)
         self.schedule = Schedule(settings.poll_cron)
@@ -275,15 +288,16 @@ class Service:
         self.poller.forget_except(meters)
         self.monitor.forget_meters_except(m for m in meters if m.enabled)  # a disabled meter is not polled
         self.monitor.config_problems.set(len(config.problems))
+        self.hold_s = hold_seconds(self.schedule, config.meters)
 
     async def _tick_loop(self) -> None:
-        """Sleep until the next tick, start its cycle; a configuration change re-plans the sleep."""
+        """Sleep until the next tick, start its cycle; a configuration change re-plans the sleep,
+        and so does the wall clock going back (Schedule.next_tick re-plans, with a WARNING)."""
         while not self.stop.is_set():
             config = self.watcher.current
             assert config is not None
-            now = datetime.now(UTC)
-            tick = self.schedule.next_tick(config.meters, now)
-            woke = await self._sleep_until(tick)
+            tick = self.schedule.next_tick(config.meters, datetime.now(UTC))
+            woke, now = await self._sleep_until(tick)
             if woke == "stop":
                 return
             if woke == "changed":
@@ -291,24 +305,86 @@ class Service:
                 assert self.watcher.current is not None
                 self._configuration_changed(self.watcher.current)
                 continue  # a new or changed meter schedule is due from its first slot after now
-            fired = self.schedule.fire(tick, datetime.now(UTC))
+            if woke == "clock":
+                continue  # the wall clock went back: next_tick re-plans from it
+            fired = self.schedule.fire(tick, now)  # now >= tick: never before its time
+            self._count_late(tick, now, fired, config.meters)
             task = asyncio.create_task(self._cycle(tick, fired, config.meters))
             self.running[task] = config.meters
             task.add_done_callback(self._cycle_done)
 
-    async def _sleep_until(self, tick: datetime) -> str:
-        """'tick' at `tick`, or earlier 'stop' or 'changed' (the configuration was replaced)."""
+    async def _sleep_until(self, tick: datetime) -> tuple[str, datetime]:
+        """('tick', the wall clock) once the wall clock reads `tick` or later, or earlier 'stop',
+        'changed' (the configuration was replaced) or 'clock' (the wall clock went back).
+
+        The event loop's timers run on the monotonic clock, not the wall clock (and uvloop's may
+        wake up to a millisecond early): the wall clock is read again after each piece of at most
+        SLEEP_PIECE_S, so a step either way moves the wake-up with it."""
         waiters = {asyncio.ensure_future(self.stop.wait()): "stop",
                    asyncio.ensure_future(self.watcher.changed.wait()): "changed"}
         try:
-            done, _ = await asyncio.wait(waiters, timeout=max(0.0, (tick - datetime.now(UTC)).total_seconds()),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                now = datetime.now(UTC)
+                if now >= tick:
+                    return "tick", now
+                if self.schedule.went_back(now):
+                    return "clock", now
+                # at least a millisecond: a timer rounded down to 0 would spin until the tick
+                wait_s = min(SLEEP_PIECE_S, max(0.001, (tick - now).total_seconds()))
+                done, _ = await asyncio.wait(waiters, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                if done:
+                    return ("stop" if self.stop.is_set() else "changed"), now
         finally:
             for waiter in waiters:
                 waiter.cancel()
-        if not done:
-            return "tick"
-        return "stop" if self.stop.is_set() else "changed"
+
+    def _count_late(self, tick: datetime, now: datetime, fired: frozenset[str], meters: tuple[Meter, ...]) -> None:
+        """Ticks `fire` skipped because `tick` came late (a stalled event loop, the wall clock stepped
+        forward): their meter-ticks are counted (emm_meter_ticks_late_skipped_total), in a thread (a
+        day of an every-second schedule is many croniter steps), and said once per streak."""
+        late = self.schedule.late(tick, now, fired)  # [] at once when the tick is on time
+        if not late:
+            self.late_streak = False
+            return
+        first = not self.late_streak
+        self.late_streak = True
+        due: dict[str, int] = dict.fromkeys(late, 0)
+        for meter in meters:
+            if meter.enabled and (expr := self.schedule.cron_of(meter)) in due and (
+                    self.leases is None or self.leases.owns(meter.bus)):
+                due[expr] += 1
+        until = min(now, tick + LATE_COUNT_SPAN)
+
+        def count() -> int:
+            return sum(fires_between(expr, tick, until) * n for expr, n in due.items() if n)
+
+        def counted(skipped: int) -> None:
+            self.monitor.ticks_late_skipped.inc(skipped)
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "the tick at %s came %.1f s late (the event loop stalled or the wall clock stepped forward): "
+                    "%d meter-tick(s) of %d schedule(s) in between were skipped, not polled "
+                    "(emm_meter_ticks_late_skipped_total)%s", tick.isoformat(), (now - tick).total_seconds(),
+                    skipped, len(late), "; further late ticks are logged at DEBUG until one is on time" if first
+                    else "")
+
+        self._count_off_the_loop(count, counted, f"the meter-ticks skipped by the tick at {tick.isoformat()}")
+
+    def _count_off_the_loop(self, count: Callable[[], int], counted: Callable[[int], None], what: str) -> None:
+        """`count()` in a thread (croniter steps: a day of an every-second schedule takes seconds),
+        then `counted(n)` in the event loop; a failure is a bug, said, and the service goes on."""
+        counting = asyncio.ensure_future(asyncio.to_thread(count))
+        self.counting.add(counting)
+
+        def done(task: asyncio.Future[int]) -> None:
+            self.counting.discard(task)
+            if task.cancelled():
+                return
+            if (exc := task.exception()) is not None:
+                log.error("counting %s failed", what, exc_info=exc)
+            else:
+                counted(task.result())
+
+        counting.add_done_callback(done)
 
     def _cycle_done(self, task: asyncio.Task[None]) -> None:
         self.running.pop(task, None)
@@ -323,7 +399,7 @@ class Service:
         assert self.outbox is not None
         # the readings go to InfluxDB once the cycle is over (or after HOLD_WRITES_S): writing them
         # meanwhile would compete with the reading for the CPU (this process's, and InfluxDB's)
-        self.outbox.hold(min(HOLD_WRITES_S, self.interval_s / 2))
+        self.outbox.hold(self.hold_s)
         try:
             report = await self.poller.run_cycle(due) if due else None
         except Exception:  # a bug must not stop the service: say so loudly, go on next tick
@@ -349,21 +425,16 @@ class Service:
         for meter in meters:
             if meter.enabled and (key := bus_key(meter.bus)) in gaps:
                 crons.setdefault(key, []).append(self.schedule.cron_of(meter))
-        counting = asyncio.ensure_future(asyncio.to_thread(self.leases.count_gaps, tick, gaps, crons))
-        self.counting.add(counting)
+        leases = self.leases
 
-        def counted(task: asyncio.Future[int]) -> None:
-            self.counting.discard(task)
-            if task.cancelled():
-                return
-            if (exc := task.exception()) is not None:  # a bug: said, the service goes on
-                log.error("counting the ticks missed on %d bus(es) failed", len(gaps), exc_info=exc)
-            elif missed := task.result():
+        def counted(missed: int) -> None:
+            if missed:
                 log.info("%d bus(es) changed instance, polled here from %s on: %d meter-tick(s) since %s had no "
                          "poll (emm_meter_ticks_missed_total)", len(gaps), tick.strftime("%H:%M:%S"), missed,
                          min(gaps.values()).strftime("%H:%M:%S"))
 
-        counting.add_done_callback(counted)
+        self._count_off_the_loop(lambda: leases.count_gaps(tick, gaps, crons), counted,
+                                 f"the ticks missed on {len(gaps)} bus(es)")
 
     async def _shut_down(self, watching: asyncio.Task[None] | None, leasing: asyncio.Task[None] | None) -> None:
         pending: set[asyncio.Task[None]] = set()

@@ -57,6 +57,9 @@ class Monitor:
         self.cycles = Counter("emm_cycles", "Poll cycles completed", registry=r)
         self.ticks_skipped = Counter("emm_endpoint_ticks_skipped",  # named before buses: kept for dashboards
                                      "Ticks a bus sat out: still busy with an earlier cycle", registry=r)
+        self.ticks_late_skipped = Counter("emm_meter_ticks_late_skipped",
+                                          "Meter ticks skipped because their tick came late (the event loop "
+                                          "stalled, the wall clock stepped forward)", registry=r)
         self.cycle_seconds = Gauge("emm_cycle_duration_seconds", "Duration of the last cycle", registry=r)
         self.last_cycle_ts = Gauge("emm_last_cycle_timestamp_seconds", "Unix time the last cycle completed",
                                    registry=r)

@@ -142,6 +142,7 @@ class Outbox:
         self._flush_upto = 0
         self._holders = 0  # cycles under way that asked memory batches to wait (hold)
         self._held_until = 0.0  # time.monotonic() at which they go anyway
+        self._hold_started = 0.0  # time.monotonic() of the first hold of the cycles under way
         self._inflight: _Chunk | None = None  # the sender's memory batch
         self._spilling: _Chunk | None = None  # the spooler's memory batch
         self._delay = retry_initial_s
@@ -183,10 +184,16 @@ class Outbox:
 
     def hold(self, seconds: float) -> None:
         """A cycle starts: memory batches wait until it calls release(), for at most `seconds`
-        from now, unless memory is more than half full. Thread-safe; never raises."""
+        from now, unless memory is more than half full. Thread-safe; never raises.
+
+        Cycles that overlap (a hung device keeps one running into the next ticks) do not
+        push the wait on: it ends at most `seconds` after the first of them started (the
+        first hold since none was under way), not `seconds` after the latest."""
         with self._cond:
+            if not self._holders:
+                self._hold_started = time.monotonic()
             self._holders += 1
-            self._held_until = max(self._held_until, time.monotonic() + seconds)
+            self._held_until = max(self._held_until, self._hold_started + seconds)
 
     def release(self) -> None:
         """The cycle that called hold() is over (however it ended)."""

@@ -15,6 +15,14 @@ seen for the first time (a meter added, or its poll_cron set or changed) is due 
 its first slot after the `now` it is first seen with, so the caller asks again
 with the new meters as soon as the configuration changes. An expression that
 stops firing is dropped with one ERROR line, and its meters wait for a new one.
+
+The wall clock may step (NTP, a VM resumed, an admin). Forward, the ticks it jumps
+over are not replayed either (`late` says which fired expressions had slots skipped).
+Back by more than BACKWARD_TOLERANCE behind the latest instant the schedule has
+seen, every expression is re-planned from the new `now`, with one WARNING: waiting
+for the old plan would leave every meter unpolled for the length of the step. The
+instants between the new `now` and the old one come again, so a tick instant already
+fired may fire a second time (its readings carry the time they were read at).
 """
 
 from __future__ import annotations
@@ -34,6 +42,14 @@ CRON_FORMAT = "5 fields, or 6 with seconds last, e.g. '* * * * * */10' = every 1
 # With no expression left that fires (all dropped), the schedule still answers:
 # "nothing before this long from now"; a configuration change asks again sooner.
 IDLE = timedelta(minutes=1)
+
+# A wall clock earlier than the latest instant seen by more than this is a step back (re-planned);
+# less is left alone (a tick is then only waited for, never fired early).
+BACKWARD_TOLERANCE = timedelta(seconds=2)
+
+# cron's finest slot: two slots are at least this far apart, so a tick fired less than this
+# late cannot have skipped one (`late` stays cheap when nothing is late)
+SLOT = timedelta(seconds=1)
 
 
 class CronError(ValueError):
@@ -103,6 +119,7 @@ class Schedule:
         self.default_cron = default_cron
         self._next: dict[str, datetime] = {}
         self._dropped: set[str] = set()  # expressions that stopped firing, reported once
+        self._latest: datetime | None = None  # the latest `now` or fired tick seen: a step back is below it
 
     def cron_of(self, meter: Meter) -> str:
         return meter.poll_cron or self.default_cron
@@ -121,8 +138,19 @@ class Schedule:
     def next_tick(self, meters: Iterable[Meter], now: datetime) -> datetime:
         """The next instant at which any enabled meter (or the default schedule) is due.
 
-        An expression not seen before is due at its first slot after `now`.
+        An expression not seen before is due at its first slot after `now`; after the clock
+        went back (`went_back`), every expression is re-planned from `now`, with one WARNING.
         """
+        if self.went_back(now):
+            assert self._latest is not None
+            log.warning("the wall clock went back by %.1f s (from %s to %s): every schedule is re-planned from "
+                        "now, so meters are polled again from their next slot; the tick instants between the "
+                        "two come round again, a meter may be polled twice for one tick instant (each reading "
+                        "carries the time it was read at)", (self._latest - now).total_seconds(),
+                        self._latest.isoformat(), now.isoformat())
+            self._next.clear()
+            self._latest = None
+        self._latest = now if self._latest is None else max(self._latest, now)
         exprs = {self.default_cron} | {self.cron_of(m) for m in meters if m.enabled}
         for expr in list(self._next):
             if expr not in exprs:
@@ -139,9 +167,30 @@ class Schedule:
         """The expressions that fire at `tick`; each is advanced past `tick` and `now`."""
         fired = frozenset(e for e, t in self._next.items() if t <= tick)
         after = max(tick, now)
+        self._latest = after if self._latest is None else max(self._latest, after)
         for expr in fired:
             self._advance(expr, after)
         return fired
+
+    def went_back(self, now: datetime) -> bool:
+        """The wall clock (`now`) is earlier than the latest instant seen by more than the tolerance."""
+        return self._latest is not None and now < self._latest - BACKWARD_TOLERANCE
+
+    @staticmethod
+    def late(tick: datetime, now: datetime, fired: Iterable[str]) -> list[str]:
+        """The fired expressions with at least one slot strictly between `tick` and `now` (skipped:
+        `fire` jumps past `now`). Free when `tick` is less than a slot late; one croniter step per
+        expression otherwise."""
+        if now - tick <= SLOT:
+            return []
+        late = []
+        for expr in fired:
+            try:
+                if _next_fire(expr, tick) < now:
+                    late.append(expr)
+            except Exception:  # noqa: BLE001 - an expression that stops firing skipped nothing
+                pass
+        return late
 
     def due(self, meters: Iterable[Meter], fired: frozenset[str]) -> list[Meter]:
         """The enabled meters whose schedule is among the fired expressions."""

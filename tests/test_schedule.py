@@ -311,3 +311,40 @@ def test_fires_between_counts_every_tick_strictly_inside_the_span(start_ms, leng
     assert fires_between(expr, after, before) == expected
     # the same instants written in another zone (as a database in another TimeZone hands them back)
     assert fires_between(expr, after.astimezone(timezone(timedelta(hours=5, minutes=30))), before) == expected
+
+
+# --- the wall clock steps: back (re-planned, said once), forward (slots skipped, named) ------
+
+def test_a_backward_step_re_plans_every_schedule_from_now_and_says_so_once(caplog):
+    s = Schedule("* * * * * */10")
+    meters = [meter(1), meter(2, "*/1 * * * *")]
+    tick = s.next_tick(meters, T0)
+    s.fire(tick, tick)
+    now = tick - timedelta(hours=1)  # the VM's clock corrected one hour back
+    with caplog.at_level(logging.WARNING, logger="poller.schedule"):
+        nxt = s.next_tick(meters, now)
+        assert nxt == now + timedelta(seconds=10)  # not an hour of no polling
+        assert s.next_tick(meters, now + timedelta(seconds=1)) == nxt  # re-planned once, not at every call
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "went back by 3600.0 s" in caplog.records[0].getMessage()
+    # the instants between come round again: tick itself fires a second time, an hour on
+    assert tick in [t for t, _ in run(s, meters, nxt, tick)]
+
+
+def test_a_step_back_within_the_tolerance_is_waited_for_not_re_planned(caplog):
+    s = Schedule("* * * * * */10")
+    tick = s.next_tick([meter(1)], T0)
+    s.fire(tick, tick + timedelta(milliseconds=500))
+    with caplog.at_level(logging.WARNING, logger="poller.schedule"):
+        assert s.next_tick([meter(1)], tick - timedelta(seconds=1)) == tick + timedelta(seconds=10)
+    assert not caplog.records and not s.went_back(tick - timedelta(seconds=1))
+    assert s.went_back(tick - timedelta(seconds=3))
+
+
+def test_late_names_the_fired_expressions_that_skipped_a_slot():
+    tick = T0
+    fired = ["* * * * * *", "* * * * *"]  # every second, every minute
+    assert Schedule.late(tick, tick + timedelta(milliseconds=999), fired) == []
+    assert Schedule.late(tick, tick + timedelta(seconds=1), fired) == []  # the next slot is now: fired next
+    assert Schedule.late(tick, tick + timedelta(seconds=5, milliseconds=300), fired) == ["* * * * * *"]
+    assert sorted(Schedule.late(tick, tick + timedelta(minutes=2), fired)) == sorted(fired)
