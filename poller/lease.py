@@ -311,10 +311,10 @@ class Leases:
         with self._ticks_lock:  # stop sending first: nothing goes out on them from now on
             for key in give_back:
                 self._set(key, None)
-            polled = self._polled.copy()
+            polled = self._polled.copy()  # their latest ticks: none comes after this
         # now() is the transaction's start, this long before sending stopped at most (the beats'
         # turn, the renewal): a grace counted from now() must last that much longer
-        late = time.monotonic() - started  # their latest ticks: none comes after this
+        late = time.monotonic() - started
         params: dict[str, Any] = {"me": self.instance, "lease": self.effective_lease_s}
         try:
             # the buses lost (their leases ran out, or were taken) and not taken yet: their latest
