@@ -60,7 +60,7 @@ import operator
 import os
 import signal
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -328,15 +328,15 @@ class _Worker:
             unknown = [i for i in ids if i not in self.meters]
             self.cycles[cycle] = asyncio.create_task(self._run(cycle, meters, unknown))
         elif kind == "meters":
-            _, meters, slots, keep = message
+            _, meters, slots, keep, moved = message
             self.slots.update(slots)
-            arrived = {m.id for m in meters if m.id not in self.meters}
             for meter in meters:
                 self.meters[meter.id] = meter
-            if arrived and self.counters_dir is not None and self.poller.counters is not None:
-                # a meter moved here from another worker's bus: its counters' history comes from the
-                # state files (the other worker's is at most SAVE_EVERY_S old: still a lower bound)
-                self.poller.counters.load(counter_files(self.counters_dir), arrived)
+            if moved and self.counters_dir is not None and self.poller.counters is not None:
+                # meters moved here from another worker's bus: their counters' history comes from the
+                # state files (the other worker's is at most SAVE_EVERY_S old: still a lower bound;
+                # the newest value wins over what an earlier owner of this spool slot left)
+                self.poller.counters.load(counter_files(self.counters_dir), set(moved))
             if keep is not None:
                 kept = set(keep)
                 self.meters = {i: m for i, m in self.meters.items() if i in kept}
@@ -445,9 +445,11 @@ class WorkerPool:
         mine: list[list[Meter]] = [[] for _ in self.workers]
         for meter in meters:
             mine[self.shards.worker(meter.bus.wire)].append(meter)
+        held = {mid: h.index for h in self.workers for mid in h.sent}  # before any worker is told
         for handle, its in zip(self.workers, mine, strict=True):
             if handle.alive:
-                self._send_meters(handle, its, keep=True)
+                moved = {m.id for m in its if held.get(m.id, handle.index) != handle.index}
+                self._send_meters(handle, its, keep=True, moved=moved)
 
     async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
         """Poll the meters in their buses' workers; returns when every worker reported (or died, or
@@ -542,9 +544,11 @@ class WorkerPool:
         log.info("worker %d started: pid %s", index, process.pid)
         return handle
 
-    def _send_meters(self, handle: _Handle, meters: list[Meter], keep: bool) -> None:
+    def _send_meters(self, handle: _Handle, meters: list[Meter], keep: bool, moved: Collection[int] = ()) -> None:
         """Send the meters the worker does not hold yet, with their buses' fence slots. keep: `meters`
-        are all the worker is to hold now (it forgets the others); else they are added."""
+        are all the worker is to hold now (it forgets the others); else they are added. `moved`: of
+        them, those another worker of this pool held (their counter history is in its state file;
+        a meter that comes with a lease, from another instance, starts without: README)."""
         if keep:
             changed = [m for m in meters if handle.sent.get(m.id) is not m]
             handle.sent = {m.id: m for m in meters}
@@ -558,7 +562,7 @@ class WorkerPool:
             for bus in {m.bus for m in changed} - handle.slots_sent:
                 slots[bus] = self.fences.slot(bus_key(bus))
             handle.slots_sent.update(slots)
-        handle.channel.send(("meters", changed, slots, list(handle.sent) if keep else None))
+        handle.channel.send(("meters", changed, slots, list(handle.sent) if keep else None, list(moved)))
 
     def _received(self, handle: _Handle, message: tuple[Any, ...]) -> None:
         """A message from a worker: lines to the outbox and their meters' results to their cycles,

@@ -833,21 +833,50 @@ def test_a_gateway_described_anew_while_its_poll_is_under_way_is_never_polled_tw
     assert most[0] == 1
 
 
+ENERGY = DeviceType("meter", (Register(1, "meter", 0, "energy", "kWh", DataType.FLOAT32, HOLDING, counter=True),))
+
+
+def energy_reads(value: float) -> Callable[[], dict[tuple[int, int], int]]:
+    hi, lo = struct.unpack(">HH", struct.pack(">f", value))
+    return lambda: {(3, 0): hi, (3, 1): lo}
+
+
+def test_a_meter_that_comes_with_a_lease_takes_no_history_from_an_earlier_tenant_of_the_spool_slot(tmp_path):
+    """Another instance left meter 1 at 1000 kWh in this spool slot an hour ago; the meter was
+    replaced since, and reads 20 kWh. Its bus comes to this instance by a lease (the first
+    configuration is applied before any lease): the readings are written, none held back as
+    'backwards' against a stale value (README: the history does not follow a bus across instances)."""
+    old = CounterGuard(tmp_path / "counters-worker-0.json")
+    meter = Meter(1, "127.0.0.1", 0, 1, ENERGY)
+    assert old.check(meter, ENERGY.registers[0], 1000.0, time.time_ns() // 1_000_000 - 3_600_000) is None
+    old.save(force=True)
+    server = ModbusServerThread(SimulatedServer(units={}, default=energy_reads(20.0)))
+    meter = dataclasses.replace(meter, port=server.port)
+
+    async def scenario() -> list[list[str]]:
+        pool = WorkerPool(Lines(), 2, counters_dir=str(tmp_path))
+        try:
+            pool.forget_except([])  # the first configuration: no lease held yet
+            pool.forget_except([meter])  # the bus's lease comes
+            return [[x for r in (await pool.run_cycle([meter])).results for x in r.counter_rejects]
+                    for _ in range(2)]
+        finally:
+            await pool.aclose()
+
+    try:
+        assert asyncio.run(scenario()) == [[], []]
+    finally:
+        server.close()
+
+
 def test_a_counter_moved_to_another_workers_bus_keeps_its_history(tmp_path):
     """Meter 1 (an energy counter) reads 1000 kWh on gateway A, then is moved to gateway B, which
     another worker polls, and reads 900 kWh there: held back as 'backwards', as one process does,
     since its history comes with it (the state files in the counters directory)."""
-    energy = DeviceType("meter", (Register(1, "meter", 0, "energy", "kWh", DataType.FLOAT32, HOLDING,
-                                           counter=True),))
-
-    def reads(value: float) -> Callable[[], dict[tuple[int, int], int]]:
-        hi, lo = struct.unpack(">HH", struct.pack(">f", value))
-        return lambda: {(3, 0): hi, (3, 1): lo}
-
-    a = ModbusServerThread(SimulatedServer(units={}, default=reads(1000.0)))
-    b = ModbusServerThread(SimulatedServer(units={}, default=reads(900.0)))
-    on_a, on_b = Meter(1, "127.0.0.1", a.port, 1, energy), Meter(1, "127.0.0.1", b.port, 1, energy)
-    neighbour = Meter(2, "127.0.0.1", b.port, 2, energy)  # gateway B is already polled
+    a = ModbusServerThread(SimulatedServer(units={}, default=energy_reads(1000.0)))
+    b = ModbusServerThread(SimulatedServer(units={}, default=energy_reads(900.0)))
+    on_a, on_b = Meter(1, "127.0.0.1", a.port, 1, ENERGY), Meter(1, "127.0.0.1", b.port, 1, ENERGY)
+    neighbour = Meter(2, "127.0.0.1", b.port, 2, ENERGY)  # gateway B is already polled
 
     async def scenario() -> list[str]:
         pool = WorkerPool(Lines(), 2, counters_dir=str(tmp_path))
@@ -873,10 +902,8 @@ def test_the_counter_state_of_workers_no_longer_running_is_merged_then_removed(t
     their history), merged into worker 0's and removed. Left, it was read at every start and never
     written again: a meter deleted since came back each time, and its id's next first reading (a
     meter re-added, its counter reset) was held back as 'backwards'."""
-    energy = DeviceType("meter", (Register(1, "meter", 0, "energy", "kWh", DataType.FLOAT32, HOLDING,
-                                           counter=True),))
-    kept, deleted = Meter(2, "gw", 502, 2, energy), Meter(1, "gw", 502, 1, energy)
-    reg = energy.registers[0]
+    kept, deleted = Meter(2, "gw", 502, 2, ENERGY), Meter(1, "gw", 502, 1, ENERGY)
+    reg = ENERGY.registers[0]
     now_ms = time.time_ns() // 1_000_000
     for name, m, value in (("counters-worker-0.json", kept, 50.0), ("counters-worker-1.json", deleted, 1000.0)):
         guard = CounterGuard(tmp_path / name)
