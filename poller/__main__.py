@@ -24,7 +24,7 @@ from .plan import plan_device
 from .schedule import Schedule, cron_interval_s, fires_between
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
-from .spool import MIB, Spool, SpoolError, SpoolInUse
+from .spool import MIB, SEGMENT_PREFIX, SEGMENT_SUFFIX, Spool, SpoolError, SpoolInUse
 from .store import Configuration
 from .workers import WorkerPool, close_poller, make_poller, retire_counter_files
 
@@ -77,11 +77,38 @@ def make_outbox(settings: Settings, dry_run: bool, spool: bool) -> Outbox:
     except SpoolError:
         sink.close()
         raise
+    for where, points in stranded_spools(settings, disk.dir):
+        log.warning("spool: %d points wait in %s, which no running instance holds (POLL_COORDINATION changed, "
+                    "or fewer replicas run than before): they are sent only by an instance that takes that "
+                    "directory (scale back up, or set POLL_COORDINATION back; README, \"Several pollers\")",
+                    points, where)
     return Outbox(sink, disk, memory_points=settings.write_buffer_points,
                   retry_max_s=settings.spool_retry_max_s)
 
 
 SPOOL_SLOTS = 64  # POLL_COORDINATION=postgres: instances sharing one POLL_SPOOL_DIR
+
+
+def stranded_spools(settings: Settings, own: Path) -> list[tuple[Path, int]]:
+    """Spool directories under POLL_SPOOL_DIR with readings waiting that this instance will not send:
+    the top level while instances use slots, the slots while one instance uses the top level
+    (POLL_COORDINATION changed), the slots of replicas gone. Each is looked at under its own lock
+    (briefly): one a running instance holds is skipped, it sends its own."""
+    root = Path(settings.spool_dir)
+    found: list[tuple[Path, int]] = []
+    for where in [root, *sorted(p for p in root.glob("instance-*") if p.is_dir())]:
+        if where.resolve() == own.resolve() or not any(where.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}")):
+            continue
+        try:
+            other = Spool(where, settings.spool_max_mb * MIB)
+        except SpoolError:  # in use (SpoolInUse), or unreadable: not this instance's to report
+            continue
+        try:
+            if other.pending_points:
+                found.append((where, other.pending_points))
+        finally:
+            other.close()
+    return found
 
 
 def open_spool(settings: Settings) -> Spool:
