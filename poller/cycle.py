@@ -19,7 +19,7 @@ from typing import Protocol
 from .counters import CounterGuard, describe
 from .decode import decode_block_values
 from .modbus import BUSY_CODES, SPLIT_CODES, ExceptionReply, ModbusError, NotOwner
-from .model import BusAddress, Meter, ReadBlock, Register
+from .model import BusAddress, Meter, ReadBlock, Register, Wire
 from .plan import plan_device, split_block
 from .sink import SeriesKeys, reading_lines
 from .transport import Bus, open_bus
@@ -185,7 +185,7 @@ class Poller:
         self._gate: asyncio.Semaphore | None = None
         # the wires (BusAddress.wire) with a poll under way: a bus described anew (its transport
         # or serial settings changed) is the same wire, and waits until the old poll is over
-        self._busy: set[tuple[str, str, int]] = set()
+        self._busy: set[Wire] = set()
         self._busy_reported: set[BusAddress] = set()
         self._crashed: set[int] = set()  # meters whose internal error was logged with its traceback
 

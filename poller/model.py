@@ -167,6 +167,9 @@ class SerialLine:
         return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
 
 
+Wire = tuple[str, str, int]  # BusAddress.wire: ("tcp" | "udp" | "serial", host or device path, port)
+
+
 @dataclass(frozen=True, slots=True)
 class BusAddress:
     """What serialises requests: one host:port for the TCP kinds, one device path for serial.
@@ -183,7 +186,7 @@ class BusAddress:
     line: SerialLine | None = None  # serial only
 
     @property
-    def wire(self) -> tuple[str, str, int]:
+    def wire(self) -> Wire:
         """The physical thing: a TCP socket, a UDP socket or a serial device."""
         if self.transport is Transport.SERIAL:
             return ("serial", self.host, 0)

@@ -46,6 +46,7 @@ from .model import (
     Register,
     SerialLine,
     Transport,
+    Wire,
 )
 from .schedule import CronError, validate_cron
 
@@ -530,7 +531,7 @@ def one_bus_per_wire(meters: list[Meter], problems: list[str]) -> list[Meter]:
     """The meters without those whose rows describe one wire two ways (Modbus TCP and RTU over
     TCP on one host:port, one serial device at two baud rates): every such enabled meter is
     skipped, with a problem naming the others; neither description silently wins."""
-    by_wire: dict[tuple[str, str, int], set[Any]] = {}
+    by_wire: dict[Wire, set[Any]] = {}
     for m in meters:
         if m.enabled:
             by_wire.setdefault(m.bus.wire, set()).add(m.bus)

@@ -73,7 +73,7 @@ from .counters import CounterGuard
 from .cycle import CycleReport, MeterResult, Poller, Readings
 from .lease import SharedFences, bus_key
 from .modbus import ModbusError
-from .model import BusAddress, Meter
+from .model import BusAddress, Meter, Wire
 
 if TYPE_CHECKING:
     from .lease import Leases
@@ -117,9 +117,6 @@ class WorkerLost(ModbusError):
 
 # ---------------------------------------------------------------------------------------------
 # Pure parts: which worker polls which bus, and the merge of the workers' reports
-
-
-Wire = tuple[str, str, int]  # BusAddress.wire: the physical bus, however it is described
 
 
 class Shards:

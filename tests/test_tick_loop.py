@@ -199,3 +199,26 @@ def test_overlapping_cycles_do_not_extend_the_hold():
     finally:
         box.close()
     assert written and written[0] - start < 0.8, f"first write {written[0] - start:.2f} s after the first put"
+
+
+def test_a_count_that_fails_is_said_and_the_service_goes_on(caplog):
+    """The thread counting missed or late ticks raises (a bug): one ERROR with its traceback,
+    nothing counted, nothing left waiting; the tick loop is not involved."""
+    svc = object.__new__(Service)
+    svc.counting = set()
+    counted: list[int] = []
+
+    def count() -> int:
+        raise RuntimeError("croniter broke")
+
+    async def scenario() -> None:
+        svc._count_off_the_loop(count, counted.append, "the test's ticks")
+        svc._count_off_the_loop(lambda: 3, counted.append, "the next ones")
+        await asyncio.gather(*svc.counting, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callbacks
+
+    with caplog.at_level(logging.ERROR, "poller"):
+        asyncio.run(scenario())
+    assert counted == [3] and svc.counting == set()
+    assert [(r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+        ("counting the test's ticks failed", True)]

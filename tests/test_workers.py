@@ -921,3 +921,17 @@ def test_the_counter_state_of_workers_no_longer_running_is_merged_then_removed(t
     retire_counter_files(tmp_path, 0)  # back to one process: counters.json, nothing lost
     assert [p.name for p in counter_files(tmp_path)] == ["counters.json"]
     assert counter_guard(tmp_path).check(kept, reg, 40.0, now_ms + 3000) == "backwards"
+
+
+def test_counter_files_that_cannot_be_merged_stay_for_the_next_start(tmp_path, monkeypatch):
+    """The merged state cannot be written (a full or read-only disk): the files of the processes
+    gone are kept, so their history is read at this start and merged at a later one."""
+    gone = CounterGuard(tmp_path / "counters-worker-1.json")
+    meter = Meter(1, "gw", 502, 1, ENERGY)
+    assert gone.check(meter, ENERGY.registers[0], 1000.0, time.time_ns() // 1_000_000) is None
+    gone.save(force=True)
+    monkeypatch.setattr(CounterGuard, "write", lambda self, body: False)
+    retire_counter_files(tmp_path, 1)
+    assert [p.name for p in counter_files(tmp_path)] == ["counters-worker-1.json"]
+    first = counter_guard(tmp_path, "counters-worker-0.json")
+    assert first.check(meter, ENERGY.registers[0], 900.0, time.time_ns() // 1_000_000) == "backwards"
