@@ -24,7 +24,8 @@ from .plan import plan_device
 from .schedule import Schedule, cron_interval_s, fires_between
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
-from .spool import MIB, SEGMENT_PREFIX, SEGMENT_SUFFIX, Spool, SpoolError, SpoolInUse
+from .spool import SpoolError
+from .spooldirs import Stranded, open_spool
 from .store import Configuration
 from .workers import WorkerPool, close_poller, make_poller, retire_counter_files
 
@@ -36,6 +37,7 @@ STOP_CYCLES_S = 5.0
 HOLD_WRITES_S = 1.0  # the longest a cycle keeps its readings from InfluxDB (Outbox.hold), at most half an interval
 SLEEP_PIECE_S = 1.0  # the tick loop re-reads the wall clock at least this often: a step is noticed
 LATE_COUNT_SPAN = timedelta(days=1)  # skipped ticks are counted over at most this much of a late tick's delay
+STRANDED_EVERY_S = 60.0  # how often spool directories no instance holds are looked for (and when leases change)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,55 +79,8 @@ def make_outbox(settings: Settings, dry_run: bool, spool: bool) -> Outbox:
     except SpoolError:
         sink.close()
         raise
-    for where, points in stranded_spools(settings, disk.dir):
-        log.warning("spool: %d points wait in %s, which no running instance holds (POLL_COORDINATION changed, "
-                    "or fewer replicas run than before): they are sent only by an instance that takes that "
-                    "directory (scale back up, or set POLL_COORDINATION back; README, \"Several pollers\")",
-                    points, where)
     return Outbox(sink, disk, memory_points=settings.write_buffer_points,
                   retry_max_s=settings.spool_retry_max_s)
-
-
-SPOOL_SLOTS = 64  # POLL_COORDINATION=postgres: instances sharing one POLL_SPOOL_DIR
-
-
-def stranded_spools(settings: Settings, own: Path) -> list[tuple[Path, int]]:
-    """Spool directories under POLL_SPOOL_DIR with readings waiting that this instance will not send:
-    the top level while instances use slots, the slots while one instance uses the top level
-    (POLL_COORDINATION changed), the slots of replicas gone. Each is looked at under its own lock
-    (briefly): one a running instance holds is skipped, it sends its own."""
-    root = Path(settings.spool_dir)
-    found: list[tuple[Path, int]] = []
-    for where in [root, *sorted(p for p in root.glob("instance-*") if p.is_dir())]:
-        if where.resolve() == own.resolve() or not any(where.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}")):
-            continue
-        try:
-            other = Spool(where, settings.spool_max_mb * MIB)
-        except SpoolError:  # in use (SpoolInUse), or unreadable: not this instance's to report
-            continue
-        try:
-            if other.pending_points:
-                found.append((where, other.pending_points))
-        finally:
-            other.close()
-    return found
-
-
-def open_spool(settings: Settings) -> Spool:
-    """The spool; with POLL_COORDINATION=postgres, the first free slot `instance-N` under
-    POLL_SPOOL_DIR, so replicas sharing one volume (`docker compose up --scale poller=3`) each
-    get their own, and a slot a stopped replica left with readings in it is replayed by the
-    next instance that starts."""
-    if settings.coordination != "postgres":
-        return Spool(settings.spool_dir, settings.spool_max_mb * MIB)
-    for n in range(SPOOL_SLOTS):
-        try:
-            spool = Spool(Path(settings.spool_dir) / f"instance-{n}", settings.spool_max_mb * MIB)
-        except SpoolInUse:
-            continue
-        log.info("spool: %s (slot %d of POLL_SPOOL_DIR)", spool.dir, n)
-        return spool
-    raise SpoolError(f"POLL_SPOOL_DIR={settings.spool_dir}: all {SPOOL_SLOTS} instance slots are in use")
 
 
 def device_quirks(dtype: DeviceType) -> list[str]:
@@ -223,6 +178,7 @@ class Service:
         self.running: dict[asyncio.Task[None], tuple[Meter, ...]] = {}  # the cycles, each with its meters
         self.counting: set[asyncio.Future[int]] = set()  # ticks missed by buses that changed instance
         self.outbox: Outbox | None = None
+        self.look_for_stranded = asyncio.Event()  # leases changed: a replica may be gone, its spool free
         self.poller: Poller | WorkerPool | None = None  # WorkerPool: POLL_WORKERS > 0
         # several pollers (POLL_COORDINATION=postgres): the buses this instance holds the lease of
         self.leases: Leases | None = None
@@ -254,6 +210,9 @@ class Service:
             loop.add_signal_handler(sig, self.stop.set)
         watching: asyncio.Task[None] | None = None
         leasing: asyncio.Task[None] | None = None
+        stranded = None  # spool directories no running instance holds: sent too (--dry-run has no spool)
+        if spool is not None:
+            stranded = asyncio.create_task(self._send_stranded(Stranded(self.settings, spool.dir)))
         try:
             config = await self.watcher.first(self.stop)
             if config is not None:
@@ -270,7 +229,7 @@ class Service:
                     leasing = asyncio.create_task(leases.run(self.stop, self._wanted_buses))
                 await self._tick_loop()
         finally:
-            await self._shut_down(watching, leasing)
+            await self._shut_down(watching, leasing, stranded)
         return 0
 
     def _wanted_buses(self) -> dict[str, float]:
@@ -293,6 +252,32 @@ class Service:
         mine = [m for m in self.watcher.current.meters if self.leases.owns(m.bus)]
         self.poller.forget_except(mine)
         self.monitor.forget_meters_except(m for m in mine if m.enabled)
+        self.look_for_stranded.set()
+
+    async def _send_stranded(self, stranded: Stranded) -> None:
+        """Spool directories no running instance holds (a replica gone, POLL_COORDINATION changed)
+        go to the outbox, which sends them after its own: looked for at the start, every
+        STRANDED_EVERY_S and when the leases change (a replica gone leaves its buses, and its slot)."""
+        assert self.outbox is not None
+        while True:
+            self.look_for_stranded.clear()
+            looking = asyncio.ensure_future(asyncio.to_thread(stranded.find))
+            try:
+                found = await asyncio.shield(looking)
+            except asyncio.CancelledError:  # stopping: what it opened is closed, left for the next
+                for other in await looking:
+                    other.close()
+                raise
+            except Exception:  # noqa: BLE001 - a bug: said, and looked for again later
+                log.exception("spool: looking for spool directories no running instance holds failed")
+                found = []
+            for other in found:
+                if not self.outbox.adopt(other):
+                    other.close()
+            try:
+                await asyncio.wait_for(self.look_for_stranded.wait(), STRANDED_EVERY_S)
+            except TimeoutError:
+                pass
 
     async def _start_monitor(self) -> bool:
         """First: a port in use stops the service before anything else starts."""
@@ -463,7 +448,8 @@ class Service:
         self._count_off_the_loop(lambda: leases.count_gaps(tick, gaps, crons), counted,
                                  f"the ticks missed on {len(gaps)} bus(es)")
 
-    async def _shut_down(self, watching: asyncio.Task[None] | None, leasing: asyncio.Task[None] | None) -> None:
+    async def _shut_down(self, watching: asyncio.Task[None] | None, leasing: asyncio.Task[None] | None,
+                         stranded: asyncio.Task[None] | None) -> None:
         pending: set[asyncio.Task[None]] = set()
         if self.running:
             log.info("stopping: waiting up to %.0f s for %d running cycle(s)", STOP_CYCLES_S, len(self.running))
@@ -474,7 +460,7 @@ class Service:
                 await asyncio.wait(pending)
                 log.warning("%d cycle(s) still reading after %.0f s were stopped; what they had read is kept",
                             len(pending), STOP_CYCLES_S)
-        for background in (watching, leasing):
+        for background in (watching, leasing, stranded):
             if background is not None:
                 background.cancel()
                 await asyncio.gather(background, return_exceptions=True)

@@ -26,6 +26,10 @@ One queue, memory in front of disk, one sender:
   2, 4, 8 ... s. Memory never holds more than twice memory_points: past that the oldest
   points in memory are dropped, counted (with a working disk only a burst faster than the
   spooler could get there).
+- adopt(spool): a spool directory no running poller holds (a replica gone, POLL_COORDINATION
+  changed) is sent by this sender too, after this outbox's own spool and before memory (its
+  readings are older), then closed; its rejected batches go to this outbox's dead-letter file.
+  At close what is left in it stays there, for whoever takes it next.
 - close(): memory and the batch in flight go to the spool, then the sender has up to
   close_timeout_s to send; the rest stays on disk. A hung request cannot hold it: the
   sender is a daemon thread, and what it has in flight is on disk (at worst sent twice).
@@ -160,6 +164,8 @@ class Outbox:
         self._spill_gave_up = False
         self._written = self._spooled = self._replayed = self._dead_lettered = 0
         self._dropped_disk = self._dropped_dead_letter = self._dropped_memory = self._failed = 0
+        self._adopted: deque[Spool] = deque()  # spools taken over (adopt), sent after the own one
+        self._adopted_damaged_records = self._adopted_damaged_points = 0  # of those done with
         if spool is not None and spool.pending_records:
             self._backlog = _Backlog(time.monotonic(), "the start", earlier_run=True)
         self._sender = threading.Thread(target=self._send_loop, name="outbox-sender", daemon=True)
@@ -202,6 +208,22 @@ class Outbox:
             if not self._holders:
                 self._held_until = 0.0
             self._cond.notify_all()
+
+    def adopt(self, spool: Spool) -> bool:
+        """Send what waits in `spool`, a directory no running poller holds, then close it. Thread-safe.
+
+        Its readings go after this outbox's own spool and before memory. False (the caller
+        still has it) without a spool of its own (--once, --dry-run) or once closing."""
+        with self._cond:
+            if self.spool is None or self._closing:
+                return False
+            self._adopted.append(spool)
+            self._say(logging.INFO, "spool: %d points wait in %s, which no running instance holds (a replica gone, "
+                      "or POLL_COORDINATION changed): this instance sends them, after its own", spool.pending_points,
+                      spool.dir)
+            self._cond.notify_all()
+        self._emit()
+        return True
 
     def _put(self, lines: Sequence[str]) -> None:
         n = len(lines)
@@ -331,6 +353,13 @@ class Outbox:
                 log.warning("stopping with %d points in the spool at %s; they are sent at the next start",
                             self.spool.pending_points, self.spool.dir)
             self.spool.close()
+        with self._cond:
+            adopted = list(self._adopted)
+        for other in adopted:
+            if other.pending_points:
+                log.warning("stopping with %d points left in %s (taken over, not sent yet); they wait there for the "
+                            "next instance", other.pending_points, other.dir)
+            other.close()
         try:
             self.sink.close()
         except Exception as exc:  # noqa: BLE001
@@ -345,18 +374,18 @@ class Outbox:
             written, spooled, replayed, dead = self._written, self._spooled, self._replayed, self._dead_lettered
             disk, dead_letter, mem = self._dropped_disk, self._dropped_dead_letter, self._dropped_memory
             failed = self._failed
-        sp = self.spool
-        full = sp.evicted_points if sp is not None else 0
-        if sp is not None:
-            disk += sp.damaged_points
+            damaged = self._adopted_damaged_records
+            disk += self._adopted_damaged_points
+            spools = ([] if self.spool is None else [self.spool]) + list(self._adopted)
+        full = sum(sp.evicted_points for sp in spools)
+        disk += sum(sp.damaged_points for sp in spools)
         return OutboxStats(
             written_points=written, spooled_points=spooled, replayed_points=replayed, dead_lettered_points=dead,
             dropped_points=full + disk + dead_letter + mem, dropped_spool_full_points=full,
             dropped_disk_error_points=disk, dropped_dead_letter_points=dead_letter, dropped_memory_points=mem,
-            failed_points=failed, damaged_records=sp.damaged_records if sp is not None else 0,
-            skipped_spool_files=sp.skipped_files if sp is not None else 0, memory_points=memory,
-            spool_points=sp.pending_points if sp is not None else 0,
-            spool_bytes=sp.size_bytes if sp is not None else 0)
+            failed_points=failed, damaged_records=damaged + sum(sp.damaged_records for sp in spools),
+            skipped_spool_files=sum(sp.skipped_files for sp in spools), memory_points=memory,
+            spool_points=sum(sp.pending_points for sp in spools), spool_bytes=sum(sp.size_bytes for sp in spools))
 
     # ---- logging: decided under the lock, written after ---------------------------
 
@@ -391,7 +420,10 @@ class Outbox:
                 if job is None:
                     return
                 if job is _SPOOL:
-                    self._send_spooled()
+                    assert self.spool is not None
+                    self._send_spooled(self.spool)
+                elif isinstance(job, Spool):  # one taken over (adopt)
+                    self._send_spooled(job)
                 elif isinstance(job, _Chunk):
                     self._send_chunk(job)
             except Exception:  # noqa: BLE001 - the sender must outlive a bug
@@ -416,6 +448,8 @@ class Outbox:
                     continue
                 if self.spool is not None and self.spool.pending_records:
                     return _SPOOL
+                if self._adopted and not self._closing:  # older than memory; left on disk at close
+                    return self._adopted[0]
                 if self._spilling is not None:  # older readings are on their way to the spool
                     self._cond.wait()
                     continue
@@ -495,11 +529,12 @@ class Outbox:
         if error is None:
             self._check_drained()
 
-    def _send_spooled(self) -> None:
-        spool = self.spool
-        assert spool is not None
+    def _send_spooled(self, spool: Spool) -> None:
+        """The oldest records of `spool`: this outbox's own, or one taken over (adopt)."""
         batch = spool.peek(self.batch_points)
         if batch is None:
+            if spool is not self.spool:
+                self._adopted_done(spool)
             self._check_drained()
             return
         error = self._write(batch.lines)
@@ -522,6 +557,18 @@ class Outbox:
             self._reject(batch.lines, error, spooled=True)
             spool.ack(batch)  # after its dead-letter entry is on disk
         self._check_drained()
+
+    def _adopted_done(self, spool: Spool) -> None:
+        """A spool taken over has nothing left to send: closed, its directory free again."""
+        with self._cond:
+            if spool in self._adopted:
+                self._adopted.remove(spool)
+            self._adopted_damaged_records += spool.damaged_records
+            self._adopted_damaged_points += spool.damaged_points  # it never appends: nothing is evicted
+            self._say(logging.INFO, "spool: everything left in %s is sent%s; the directory is free", spool.dir,
+                      f" ({spool.damaged_points} damaged points in it counted as lost)" if spool.damaged_points else "")
+        spool.close()
+        self._emit()
 
     def _failed_retryably(self, error: WriteError, now: float) -> None:
         """An outage: back off (2, 4, 8 ... s; Retry-After kept within [step, retry_max_s])."""
@@ -614,8 +661,8 @@ class Outbox:
 
     def _dropped_total(self) -> int:
         """Points lost since start, all reasons (with the lock held)."""
-        sp = self.spool
-        spool_lost = sp.evicted_points + sp.damaged_points if sp is not None else 0
+        spools = ([] if self.spool is None else [self.spool]) + list(self._adopted)
+        spool_lost = sum(sp.evicted_points + sp.damaged_points for sp in spools) + self._adopted_damaged_points
         return spool_lost + self._dropped_disk + self._dropped_dead_letter + self._dropped_memory
 
     # ---- the spooler -------------------------------------------------------------------

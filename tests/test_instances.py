@@ -433,3 +433,53 @@ def test_the_series_of_meters_an_instance_stops_polling_go(postgres, database, v
     finally:
         assert stop_process(proc) == 0
         fleet.close()
+
+
+def test_readings_a_replica_leaves_when_scaled_down_are_sent_by_the_one_that_stays(
+        postgres, database, victoria, poller_login, tmp_path):
+    """Two replicas share POLL_SPOOL_DIR; InfluxDB is away, so both spool; one is stopped (scaled
+    down) and leaves its readings in its slot. The one that stays takes its bus and its slot, and
+    once InfluxDB is back every reading either replica took is stored: as many points per meter
+    as its bus answered requests."""
+    fleet = Fleet(2)
+    one_register_meters(postgres, database, ", ".join(f"('127.0.0.1', {p}, 1)" for p in fleet.ports))
+    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
+           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), "POLL_SPOOL_RETRY_MAX_S": "2",
+           "POLL_SPOOL_DIR": str(tmp_path / "spool")}
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs: list[Any] = []
+
+    def holding(pid: int) -> int:
+        return sum(instance_pid(owner) == pid for owner in postgres.lease_owners(database).values())
+
+    try:
+        procs.append(start_module("poller", [], env, logs[0]))
+        wait_until(lambda: holding(procs[0].pid) == 2, 30, "A holds both buses", procs)
+        procs.append(start_module("poller", [], env, logs[1]))
+        wait_until(lambda: holding(procs[1].pid) == 1, 30, "B holds one bus", procs)
+        victoria.stop()
+        time.sleep(4)  # both poll into their spools
+        assert stop_process(procs[1]) == 0  # scaled down
+        b_log = logs[1].read_text()
+        assert "stopping with" in b_log and "points in the spool" in b_log, b_log
+        slot = re.search(r"spool: (\S+) \(slot 1 of POLL_SPOOL_DIR\)", b_log)
+        assert slot is not None, b_log
+        wait_until(lambda: holding(procs[0].pid) == 2, 3 * LEASE_S + 5, "A holds both buses again", procs[:1])
+        wait_until(lambda: f"wait in {slot[1]}, which no running instance holds" in logs[0].read_text(), 15,
+                   "A takes B's spool over", procs[:1])
+        victoria.start()
+        wait_until(lambda: f"everything left in {slot[1]} is sent" in logs[0].read_text(), 30,
+                   "B's readings sent by A", procs[:1])
+        time.sleep(2)
+    finally:
+        rcs = [stop_process(p) for p in procs]
+        fleet.close()
+    assert rcs == [0, 0]
+    text = logs[0].read_text()
+    assert "Traceback" not in text, text
+    for port, bus in zip(fleet.ports, fleet.buses, strict=True):
+        (meter,) = meter_ids(postgres, database, port)
+        answered = len(bus.reads)
+        series = victoria.export(f'{{__name__="v_value",meter="{meter}"}}', min_samples=answered)
+        stored = sum(len(s["values"]) for s in series)
+        assert stored == answered, f"meter {meter}: {stored} points stored, its bus answered {answered} requests"

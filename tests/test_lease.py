@@ -697,7 +697,7 @@ def test_a_clean_stop_that_cut_a_request_short_keeps_its_bus_leased_until_the_re
         running = types.SimpleNamespace(running={task: (meter,)}, monitor=types.SimpleNamespace(stop=nothing),
                                         poller=poller, leases=a, outbox=None,
                                         watcher=types.SimpleNamespace(close=lambda: None))
-        await service.Service._shut_down(running, None, None)  # type: ignore[arg-type]
+        await service.Service._shut_down(running, None, None, None)  # type: ignore[arg-type]
 
     with two_instances(postgres, database) as (a, b):
         a.beat(wanted)

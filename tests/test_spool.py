@@ -799,36 +799,3 @@ def test_a_segment_cut_exactly_between_two_records_counts_what_it_lost(tmp_path:
     assert (again.damaged_records, again.damaged_points) == (3, 6)
     assert out == [x for r in recs if r not in mine[-3:] for x in r.lines]
     again.close()
-
-
-def test_readings_no_running_instance_will_send_are_reported_at_the_start(tmp_path, caplog):
-    """Replicas sharing POLL_SPOOL_DIR take slots instance-N; readings left at the top level (one
-    instance before POLL_COORDINATION=postgres) or in the slot of a replica gone (fewer replicas
-    than before) are sent only by an instance that takes that directory: a starting instance says
-    so, with the count, and leaves alone a slot a running instance holds."""
-    from poller.__main__ import make_outbox, stranded_spools
-    from poller.settings import Settings
-
-    root = tmp_path / "spool"
-    for where, n in ((root, 1), (root / "instance-1", 2), (root / "instance-2", 3)):
-        left = Spool(where)
-        left.append([f"power,meter={i} value=1 1700000000000" for i in range(n)])
-        left.close()
-    running = Spool(root / "instance-2")  # a replica still runs with its own slot
-    settings = Settings(spool_dir=str(root), coordination="postgres", influxdb_url="http://127.0.0.1:9")
-    try:
-        with caplog.at_level(logging.WARNING, "poller"):
-            outbox = make_outbox(settings, dry_run=False, spool=True)
-        try:
-            assert outbox.spool is not None and outbox.spool.dir == root / "instance-0"
-            assert stranded_spools(settings, outbox.spool.dir) == [(root, 1), (root / "instance-1", 2)]
-        finally:
-            outbox.close()
-    finally:
-        running.close()
-    said = [r.getMessage() for r in caplog.records if "which no running instance holds" in r.getMessage()]
-    assert [m.split(" points wait in ")[0] for m in said] == ["spool: 1", "spool: 2"]
-    # nothing was taken from them: the instance that takes such a directory sends it
-    left = Spool(root / "instance-1")
-    assert left.pending_points == 2
-    left.close()
