@@ -207,6 +207,7 @@ class Leases:
         self._down = False
         self.takeovers = 0  # buses claimed from an instance whose lease had expired
         self.beats_failed = 0
+        self.beat_ok_at: float | None = None  # time.monotonic() of the latest heartbeat PostgreSQL answered
         self._lock = threading.Lock()  # one transaction at a time: a beat, or the release at stop
         self.on_change: Callable[[], None] = lambda: None  # the buses held changed (called in the event loop)
         # the ticks (README, "Several pollers": what a change of instance costs, counted)
@@ -557,6 +558,7 @@ class Leases:
                               "end, then left to other instances", self.where, _reason(exc))
                 delay = RETRY_S
             else:
+                self.beat_ok_at = time.monotonic()
                 if self._down:
                     self._down = False
                     log.info("lease heartbeat works again: %d buses held", result.owned)

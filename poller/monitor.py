@@ -1,8 +1,10 @@
 """The poller's own health: Prometheus metrics on /metrics and a liveness check on /healthz.
 
 /healthz answers 200 while cycles keep completing, and 503 when none has
-completed for `stale_after_s` seconds (a hung poller, a dead event loop); the
-container's healthcheck calls it. /metrics is prometheus-client's text format.
+completed for `stale_after_s` seconds (a hung poller, a dead event loop), or, with
+leases (POLL_COORDINATION=postgres), when no heartbeat was answered for a lease's time
+(every lease has run out: nothing is polled); the container's healthcheck calls it.
+/metrics is prometheus-client's text format.
 
 The HTTP side is deliberately small and bounded: one request per connection, a
 request line and each header line of at most 8 KiB, at most 100 header lines, the
@@ -52,6 +54,7 @@ class Monitor:
     def __init__(self, stale_after_s: float) -> None:
         self.stale_after_s = stale_after_s
         self.started = time.monotonic()
+        self._leases: Leases | None = None  # POLL_COORDINATION=postgres: /healthz also asks for a working heartbeat
         self.last_cycle: float | None = None  # monotonic time the last tick was handled
         r = self.registry = CollectorRegistry()
         self.cycles = Counter("emm_cycles", "Poll cycles completed", registry=r)
@@ -120,6 +123,7 @@ class Monitor:
 
     def watch_leases(self, leases: Leases) -> None:
         """Export this instance's share of the fleet (POLL_COORDINATION=postgres)."""
+        self._leases = leases
         r = self.registry
         Gauge("emm_buses_leased", "Buses this instance holds the lease of (polls)", registry=r).set_function(
             lambda: float(len(leases.held())))
@@ -198,6 +202,12 @@ class Monitor:
 
     def health(self) -> tuple[bool, str]:
         now = time.monotonic()
+        leases = self._leases
+        if leases is not None:  # with no heartbeat answered for a lease's time, no bus is held: nothing is polled
+            since = leases.beat_ok_at or self.started
+            if now - since > leases.effective_lease_s:
+                return False, (f"no lease heartbeat answered for {now - since:.0f} s ({leases.where}): this instance "
+                               "holds no bus and polls nothing")
         if self.last_cycle is None:
             waited = now - self.started
             if waited <= self.stale_after_s:

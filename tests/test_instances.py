@@ -406,9 +406,18 @@ def test_a_bus_handed_over_with_a_request_out_fails_no_meter_and_leaves_no_serie
     assert rcs == [0, 0]
 
 
+def health(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def test_the_series_of_meters_an_instance_stops_polling_go(postgres, database, victoria, poller_login, tmp_path):
     """A meter disabled is polled no more and its series go; PostgreSQL away long enough for the
-    leases to run out: nothing is polled, and nothing says a meter is up."""
+    leases to run out: nothing is polled, nothing says a meter is up, and /healthz says why (a
+    tick with nothing due still completes a cycle); once PostgreSQL is back, all is well again."""
     fleet = Fleet(1)
     port = free_port()
     one_register_meters(postgres, database, f"('127.0.0.1', {fleet.ports[0]}, 1), ('127.0.0.1', {fleet.ports[0]}, 2)",
@@ -428,8 +437,13 @@ def test_the_series_of_meters_an_instance_stops_polling_go(postgres, database, v
         try:
             wait_until(lambda: scraped(port, "emm_buses_leased") == 0, LEASE_S + 10, "the lease ran out", [proc])
             wait_until(lambda: meter_up(port) == {}, 5, "the series gone with the lease", [proc])
+            code, text = health(port)
+            assert code == 503 and text.startswith("no lease heartbeat answered for ") and text.endswith(
+                "this instance holds no bus and polls nothing\n"), (code, text)
         finally:
             postgres.start()
+        wait_until(lambda: health(port)[0] == 200, 30, "/healthz well again", [proc])
+        wait_until(lambda: meter_up(port) == {first: 1.0}, 30, "the meter polled again", [proc])
     finally:
         assert stop_process(proc) == 0
         fleet.close()
