@@ -38,6 +38,7 @@ HOLD_WRITES_S = 1.0  # the longest a cycle keeps its readings from InfluxDB (Out
 SLEEP_PIECE_S = 1.0  # the tick loop re-reads the wall clock at least this often: a step is noticed
 LATE_COUNT_SPAN = timedelta(days=1)  # skipped ticks are counted over at most this much of a late tick's delay
 STRANDED_EVERY_S = 60.0  # how often spool directories no instance holds are looked for (and when leases change)
+STRANDED_FIRST_S = 15.0  # the first look, after the start: replicas started together take their own slots first
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -256,15 +257,18 @@ class Service:
 
     async def _send_stranded(self, stranded: Stranded) -> None:
         """Spool directories no running instance holds (a replica gone, POLL_COORDINATION changed)
-        go to the outbox, which sends them after its own: looked for at the start, every
-        STRANDED_EVERY_S and when the leases change (a replica gone leaves its buses, and its slot)."""
+        go to the outbox, which sends them beside its own: looked for STRANDED_FIRST_S after the start
+        (replicas started together take their own slots first), then every STRANDED_EVERY_S and when
+        the leases change (a replica gone leaves its buses, and its slot)."""
         assert self.outbox is not None
+        await asyncio.sleep(STRANDED_FIRST_S)
         while True:
             self.look_for_stranded.clear()
             looking = asyncio.ensure_future(asyncio.to_thread(stranded.find))
             try:
                 found = await asyncio.shield(looking)
             except asyncio.CancelledError:  # stopping: what it opened is closed, left for the next
+                stranded.stop()
                 for other in await looking:
                     other.close()
                 raise

@@ -27,9 +27,11 @@ One queue, memory in front of disk, one sender:
   points in memory are dropped, counted (with a working disk only a burst faster than the
   spooler could get there).
 - adopt(spool): a spool directory no running poller holds (a replica gone, POLL_COORDINATION
-  changed) is sent by this sender too, after this outbox's own spool and before memory (its
-  readings are older), then closed; its rejected batches go to this outbox's dead-letter file.
-  At close what is left in it stays there, for whoever takes it next.
+  changed) is sent by this sender too, then closed: while this outbox's own spool is empty,
+  its batches and memory's take turns (a large one keeps no new reading waiting); its
+  rejected batches go to this outbox's dead-letter file. The order between its readings and
+  this outbox's is not kept (each reading carries its time). At close what is left in it
+  stays there, for whoever takes it next.
 - close(): memory and the batch in flight go to the spool, then the sender has up to
   close_timeout_s to send; the rest stays on disk. A hung request cannot hold it: the
   sender is a daemon thread, and what it has in flight is on disk (at worst sent twice).
@@ -165,6 +167,8 @@ class Outbox:
         self._written = self._spooled = self._replayed = self._dead_lettered = 0
         self._dropped_disk = self._dropped_dead_letter = self._dropped_memory = self._failed = 0
         self._adopted: deque[Spool] = deque()  # spools taken over (adopt), sent after the own one
+        self._adopted_kept: list[Spool] = []  # sent, but held until close (Spool.remembers_acks)
+        self._adopted_turn = False  # the sender's last batch was a taken-over one: memory's turn
         self._adopted_damaged_records = self._adopted_damaged_points = 0  # of those done with
         if spool is not None and spool.pending_records:
             self._backlog = _Backlog(time.monotonic(), "the start", earlier_run=True)
@@ -212,15 +216,16 @@ class Outbox:
     def adopt(self, spool: Spool) -> bool:
         """Send what waits in `spool`, a directory no running poller holds, then close it. Thread-safe.
 
-        Its readings go after this outbox's own spool and before memory. False (the caller
-        still has it) without a spool of its own (--once, --dry-run) or once closing."""
+        Its batches go while this outbox's own spool is empty, taking turns with memory's. False
+        (the caller still has it) without a spool of its own (--once, --dry-run) or once closing."""
         with self._cond:
             if self.spool is None or self._closing:
                 return False
             self._adopted.append(spool)
-            self._say(logging.INFO, "spool: %d points wait in %s, which no running instance holds (a replica gone, "
-                      "or POLL_COORDINATION changed): this instance sends them, after its own", spool.pending_points,
-                      spool.dir)
+            if spool.pending_points:
+                self._say(logging.INFO, "spool: %d points wait in %s, which no running instance holds (a replica "
+                          "gone, or POLL_COORDINATION changed): this instance sends them", spool.pending_points,
+                          spool.dir)
             self._cond.notify_all()
         self._emit()
         return True
@@ -354,7 +359,7 @@ class Outbox:
                             self.spool.pending_points, self.spool.dir)
             self.spool.close()
         with self._cond:
-            adopted = list(self._adopted)
+            adopted = list(self._adopted) + self._adopted_kept
         for other in adopted:
             if other.pending_points:
                 log.warning("stopping with %d points left in %s (taken over, not sent yet); they wait there for the "
@@ -376,7 +381,7 @@ class Outbox:
             failed = self._failed
             damaged = self._adopted_damaged_records
             disk += self._adopted_damaged_points
-            spools = ([] if self.spool is None else [self.spool]) + list(self._adopted)
+            spools = ([] if self.spool is None else [self.spool]) + list(self._adopted) + self._adopted_kept
         full = sum(sp.evicted_points for sp in spools)
         disk += sum(sp.damaged_points for sp in spools)
         return OutboxStats(
@@ -448,8 +453,12 @@ class Outbox:
                     continue
                 if self.spool is not None and self.spool.pending_records:
                     return _SPOOL
-                if self._adopted and not self._closing:  # older than memory; left on disk at close
-                    return self._adopted[0]
+                if self._adopted and not self._closing:  # left on disk at close
+                    # taken-over and memory batches take turns: a large one keeps no new reading waiting
+                    if not (self._adopted_turn and self._memory and self._spilling is None
+                            and self._ready_at(self._memory[0]) <= now):
+                        self._adopted_turn = True
+                        return self._adopted[0]
                 if self._spilling is not None:  # older readings are on their way to the spool
                     self._cond.wait()
                     continue
@@ -462,6 +471,7 @@ class Outbox:
                     self._cond.wait(ready - now)
                     continue
                 self._memory.popleft()
+                self._adopted_turn = False
                 self._memory_points -= len(head.lines)
                 if self._memory_points <= self.memory_points:
                     self._end("memory")
@@ -559,15 +569,25 @@ class Outbox:
         self._check_drained()
 
     def _adopted_done(self, spool: Spool) -> None:
-        """A spool taken over has nothing left to send: closed, its directory free again."""
+        """A spool taken over has nothing left to send: closed, its directory free again; kept (its
+        lock held) until close when closing would forget acknowledgements (Spool.remembers_acks)."""
+        keep = spool.remembers_acks
         with self._cond:
             if spool in self._adopted:
                 self._adopted.remove(spool)
-            self._adopted_damaged_records += spool.damaged_records
-            self._adopted_damaged_points += spool.damaged_points  # it never appends: nothing is evicted
-            self._say(logging.INFO, "spool: everything left in %s is sent%s; the directory is free", spool.dir,
-                      f" ({spool.damaged_points} damaged points in it counted as lost)" if spool.damaged_points else "")
-        spool.close()
+            damage = f" ({spool.damaged_points} damaged points in it counted as lost)" if spool.damaged_points else ""
+            if keep:
+                self._adopted_kept.append(spool)
+                self._say(logging.WARNING, "spool: everything left in %s is sent%s, but not all of it could be marked "
+                          "sent: this instance holds the directory until it stops, so that none is sent twice",
+                          spool.dir, damage)
+            else:
+                self._adopted_damaged_records += spool.damaged_records
+                self._adopted_damaged_points += spool.damaged_points  # it never appends: nothing is evicted
+                self._say(logging.INFO, "spool: everything left in %s is sent%s; the directory is free", spool.dir,
+                          damage)
+        if not keep:
+            spool.close()
         self._emit()
 
     def _failed_retryably(self, error: WriteError, now: float) -> None:
@@ -661,7 +681,7 @@ class Outbox:
 
     def _dropped_total(self) -> int:
         """Points lost since start, all reasons (with the lock held)."""
-        spools = ([] if self.spool is None else [self.spool]) + list(self._adopted)
+        spools = ([] if self.spool is None else [self.spool]) + list(self._adopted) + self._adopted_kept
         spool_lost = sum(sp.evicted_points + sp.damaged_points for sp in spools) + self._adopted_damaged_points
         return spool_lost + self._dropped_disk + self._dropped_dead_letter + self._dropped_memory
 

@@ -275,6 +275,7 @@ class Spool:
         self._held: list[Batch] = []
         self._leftovers: dict[Path, int] = {}  # finished segments not unlinked yet: size
         self._leftovers_tried = 0.0
+        self._unmarked = False  # an ack's marks could not be written: they live in memory until close
         self._streaks: set[str] = set()  # problems logged once until they clear
         self._closed = False
         self._next_seq = 1
@@ -401,6 +402,13 @@ class Spool:
     @property
     def dead_letter_path(self) -> Path:
         return self.dir / DEAD_LETTER_FILE
+
+    @property
+    def remembers_acks(self) -> bool:
+        """Records on disk were sent but could not be marked sent: closing now would send them
+        again from whoever opens this directory next (this process too)."""
+        with self._lock:
+            return self._unmarked and bool(self._segments or self._leftovers)
 
     def _recount(self) -> None:
         self.pending_records = sum(s.pending_records for s in self._segments)
@@ -827,6 +835,7 @@ class Spool:
                 except OSError as exc:
                     failed = failed or exc
             if failed is not None:
+                self._unmarked = True
                 self._once("ack", logging.WARNING, "spool %s: cannot mark sent records as sent (%s); they are "
                            "remembered until the poller stops and sent once more at the next start",
                            self.dir, failed.strerror)

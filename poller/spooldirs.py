@@ -11,6 +11,7 @@ directory a running instance holds is never touched); the outbox sends them (Out
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from .settings import Settings
@@ -44,6 +45,8 @@ class Stranded:
     instance holds is skipped (it sends its own). A directory without a segment file is not
     opened; one opened with nothing to send (only files the spool skips, said by Spool once) is
     not opened again until its segment files change, and one that cannot be opened is said once.
+    One with damage found on opening is handed over even with nothing left to send, so that
+    what it lost is counted where the rest is (Outbox.stats).
     """
 
     def __init__(self, settings: Settings, own: Path) -> None:
@@ -52,38 +55,55 @@ class Stranded:
         self.own = own.resolve()
         self._nothing: dict[Path, frozenset[tuple[str, int, int]]] = {}  # looked at, nothing to send: its files
         self._said: set[Path] = set()  # could not be opened: said once
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """A `find` under way returns after the directory it is opening (the service stops)."""
+        self._stop.set()
 
     def find(self) -> list[Spool]:
         """Those with readings waiting, opened: their locks are the caller's now (it closes them)."""
         found: list[Spool] = []
         try:
-            slots = sorted(p for p in self.root.glob("instance-*") if p.is_dir())
+            slots = sorted((p for p in self.root.glob("instance-*") if p.is_dir()), key=_slot_number)
         except OSError as exc:
             log.warning("spool: cannot look for readings left under %s (%s)", self.root, exc.strerror)
             return found
-        for where in [self.root, *slots]:
-            try:
-                if where.resolve() == self.own or not (files := self._segment_files(where)):
-                    continue
-                if self._nothing.get(where) == files:
-                    continue
-                other = Spool(where, self.max_bytes)
-            except SpoolInUse:
-                continue
-            except (SpoolError, OSError) as exc:
-                if where not in self._said:
-                    self._said.add(where)
-                    log.warning("spool: readings may wait in %s, but it cannot be opened (%s); they are sent once "
-                                "an instance can open it", where, exc)
-                continue
-            self._said.discard(where)
-            if other.pending_points:
-                self._nothing.pop(where, None)
-                found.append(other)
-            else:
+        try:
+            for where in [self.root, *slots]:
+                if self._stop.is_set():
+                    break
+                if (other := self._open(where)) is not None:
+                    found.append(other)
+        except BaseException:  # a bug, or MemoryError: the locks taken so far are not kept
+            for other in found:
                 other.close()
-                self._nothing[where] = self._segment_files(where)
+            raise
         return found
+
+    def _open(self, where: Path) -> Spool | None:
+        """`where` opened when it has readings waiting (or damage to count), else None."""
+        try:
+            if where.resolve() == self.own or not (files := self._segment_files(where)):
+                return None
+            if self._nothing.get(where) == files:
+                return None
+            other = Spool(where, self.max_bytes)
+        except SpoolInUse:
+            return None
+        except (SpoolError, OSError) as exc:
+            if where not in self._said:
+                self._said.add(where)
+                log.warning("spool: readings may wait in %s, but it cannot be opened (%s); they are sent once "
+                            "an instance can open it", where, exc)
+            return None
+        self._said.discard(where)
+        if other.pending_points or other.damaged_records:
+            self._nothing.pop(where, None)
+            return other
+        other.close()
+        self._nothing[where] = self._segment_files(where)
+        return None
 
     @staticmethod
     def _segment_files(where: Path) -> frozenset[tuple[str, int, int]]:
@@ -96,3 +116,9 @@ class Stranded:
                 continue
             files.add((path.name, st.st_size, st.st_mtime_ns))
         return frozenset(files)
+
+
+def _slot_number(path: Path) -> tuple[int, str]:
+    """instance-2 before instance-10; a name that is no slot number after them all."""
+    digits = path.name[len("instance-"):]
+    return (int(digits), "") if digits.isascii() and digits.isdigit() else (1 << 62, path.name)
