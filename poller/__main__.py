@@ -25,9 +25,9 @@ from .schedule import Schedule, cron_interval_s, fires_between
 from .settings import Settings, SettingsError, from_env, load_env_file
 from .sink import InfluxSink, StdoutSink
 from .spool import SpoolError
-from .spooldirs import Stranded, open_spool
+from .spooldirs import Stranded, open_spool, spool_dirs
 from .store import Configuration
-from .workers import WorkerPool, close_poller, make_poller, retire_counter_files
+from .workers import WorkerPool, close_poller, counter_files, make_poller, retire_counter_files
 
 log = logging.getLogger("poller")
 
@@ -408,11 +408,13 @@ class Service:
     async def _cycle(self, tick: datetime, fired: frozenset[str], meters: tuple[Meter, ...]) -> None:
         assert self.poller is not None
         due = self.schedule.due(meters, fired)
+        assert self.outbox is not None
         if self.leases is not None:  # another instance polls the rest
             due, gaps = self.leases.take(tick, due)
             if gaps:
                 self._count_gaps(tick, gaps, meters)
-        assert self.outbox is not None
+                if self.outbox.spool is not None:
+                    await self._counter_history([m.id for m in meters if m.enabled and bus_key(m.bus) in gaps])
         # the readings go to InfluxDB once the cycle is over (or after HOLD_WRITES_S): writing them
         # meanwhile would compete with the reading for the CPU (this process's, and InfluxDB's)
         self.outbox.hold(self.hold_s)
@@ -431,6 +433,24 @@ class Service:
             log.info("%s since_tick=%.3fs", report.summary(), since_tick)
             if report.meters_handed_off and self.leases is not None:
                 self.leases.missed(report.meters_handed_off)
+
+    async def _counter_history(self, meter_ids: list[int]) -> None:
+        """Meters on buses polled here for the first time since another instance (or an earlier run
+        in another spool slot) polled them: their counters' last values, from the state files every
+        instance keeps on this POLL_SPOOL_DIR (at most a minute old: still a lower bound)."""
+        assert self.poller is not None
+        root = Path(self.settings.spool_dir)
+
+        def files() -> list[Path]:
+            return [f for where in spool_dirs(root) for f in counter_files(where)]
+
+        try:
+            found = await asyncio.to_thread(files)
+        except OSError as exc:
+            log.warning("counter state under %s cannot be listed (%s): the counters of %d meter(s) new here start "
+                        "without history", root, exc.strerror, len(meter_ids))
+            return
+        self.poller.load_counter_history(found, meter_ids)
 
     def _count_gaps(self, tick: datetime, gaps: dict[str, datetime], meters: tuple[Meter, ...]) -> None:
         """Buses polled here for the first time since another instance (or this one, before a pause)

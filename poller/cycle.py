@@ -12,8 +12,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from .counters import CounterGuard, describe
@@ -213,6 +214,13 @@ class Poller:
             if address.wire not in self._busy:  # one being polled: its request in flight may still be
                 bus.close()                 # answered (a bus given back keeps its lease for that);
                                             # _poll_bus closes it when its poll ends
+
+    def load_counter_history(self, files: Sequence[Path], meter_ids: Collection[int]) -> None:
+        """Meters whose bus this poller has just taken from another (POLL_COORDINATION=postgres): their
+        counters' last values, the newest in `files` (every poller's state on this volume), so the
+        first reading here is checked like any other (counters.py)."""
+        if self.counters is not None and meter_ids:
+            self.counters.load(files, set(meter_ids))
 
     def close(self) -> None:
         for bus in self.buses.values():

@@ -65,12 +65,12 @@ class Stranded:
         """Those with readings waiting, opened: their locks are the caller's now (it closes them)."""
         found: list[Spool] = []
         try:
-            slots = sorted((p for p in self.root.glob("instance-*") if p.is_dir()), key=_slot_number)
+            where_all = spool_dirs(self.root)
         except OSError as exc:
             log.warning("spool: cannot look for readings left under %s (%s)", self.root, exc.strerror)
             return found
         try:
-            for where in [self.root, *slots]:
+            for where in where_all:
                 if self._stop.is_set():
                     break
                 if (other := self._open(where)) is not None:
@@ -116,6 +116,12 @@ class Stranded:
                 continue
             files.add((path.name, st.st_size, st.st_mtime_ns))
         return frozenset(files)
+
+
+def spool_dirs(root: Path) -> list[Path]:
+    """POLL_SPOOL_DIR and its slots (instance-0, instance-1, ... in their numbers' order), whichever
+    exist: every directory a poller on this volume keeps its spool and counter state in."""
+    return [root, *sorted((p for p in root.glob("instance-*") if p.is_dir()), key=_slot_number)]
 
 
 def _slot_number(path: Path) -> tuple[int, str]:

@@ -338,6 +338,9 @@ class _Worker:
                 kept = set(keep)
                 self.meters = {i: m for i, m in self.meters.items() if i in kept}
                 self.poller.forget_except(list(self.meters.values()))
+        elif kind == "history":  # meters whose bus this instance took from another (Poller.load_counter_history)
+            _, files, ids = message
+            self.poller.load_counter_history([Path(f) for f in files], ids)
         elif kind == "cancel":
             task = self.cycles.get(message[1])
             if task is not None:
@@ -447,6 +450,18 @@ class WorkerPool:
             if handle.alive:
                 moved = {m.id for m in its if held.get(m.id, handle.index) != handle.index}
                 self._send_meters(handle, its, keep=True, moved=moved)
+
+    def load_counter_history(self, files: Sequence[Path], meter_ids: Collection[int]) -> None:
+        """Poller.load_counter_history, in the workers of the meters' buses (before their next cycle:
+        the channel keeps the order)."""
+        ids: dict[int, list[int]] = {}
+        for mid in meter_ids:
+            if (meter := self._meters.get(mid)) is not None:
+                ids.setdefault(self.shards.worker(meter.bus.wire), []).append(mid)
+        for index, its in ids.items():
+            handle = self.workers[index]
+            if handle.alive:
+                handle.channel.send(("history", [os.fspath(f) for f in files], its))
 
     async def run_cycle(self, meters: Sequence[Meter]) -> CycleReport:
         """Poll the meters in their buses' workers; returns when every worker reported (or died, or

@@ -497,3 +497,47 @@ def test_readings_a_replica_leaves_when_scaled_down_are_sent_by_the_one_that_sta
         series = victoria.export(f'{{__name__="v_value",meter="{meter}"}}', min_samples=answered)
         stored = sum(len(s["values"]) for s in series)
         assert stored == answered, f"meter {meter}: {stored} points stored, its bus answered {answered} requests"
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_counters_history_follows_its_bus_to_the_instance_that_takes_it(
+        postgres, database, victoria, poller_login, tmp_path, workers):
+    """README, "Counters that never lie": an energy total only grows. A reads 1000 kWh; the meter
+    then lies (500 kWh) just as B takes its bus over. B knows the last value from A's counter state
+    on the shared POLL_SPOOL_DIR, so it holds the lie back as a counter going backwards instead of
+    taking it as a first reading."""
+    words = {(3, 0): 0x447A, (3, 1): 0x0000}  # 1000.0, float32 at holding register 0
+    fleet = Fleet(1)
+    fleet.buses[0].default = lambda: words
+    postgres.psql(database, "-c", f"""
+        DELETE FROM energy_meters;
+        INSERT INTO device_types (name, timeout_s) VALUES ('one', 1);
+        INSERT INTO registers (type, register_address, measurement_name, data_type, data_unit, kind)
+            VALUES ('one', 0, 'energy', 3, 'kWh', 'counter');
+        INSERT INTO energy_meters (host, port, slave_address, type)
+            VALUES ('127.0.0.1', {fleet.ports[0]}, 1, 'one');""")
+    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
+           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), "POLL_WORKERS": str(workers),
+           "POLL_SPOOL_DIR": str(tmp_path / "spool")}
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs: list[Any] = []
+
+    def holding(pid: int) -> int:
+        return sum(instance_pid(owner) == pid for owner in postgres.lease_owners(database).values())
+
+    try:
+        procs.append(start_module("poller", [], env, logs[0]))
+        wait_until(lambda: holding(procs[0].pid) == 1, 30, "A holds the bus", procs)
+        wait_until(lambda: victoria.export('{__name__="energy_value"}', timeout=1), 15, "A's first reading", procs)
+        procs.append(start_module("poller", [], env, logs[1]))
+        wait_until(lambda: "sharing the fleet" in logs[1].read_text(), 30, "B runs", procs)
+        words[3, 0] = 0x43FA  # 500.0: the lie
+        assert stop_process(procs[0]) == 0
+        wait_until(lambda: holding(procs[1].pid) == 1, 3 * LEASE_S + 5, "B holds the bus", procs[1:])
+        wait_until(lambda: "went backwards (1000.0 -> 500.0 kWh)" in logs[1].read_text(), 10,
+                   "B holds the lie back", procs[1:])
+    finally:
+        rcs = [stop_process(p) for p in procs]
+        fleet.close()
+    assert rcs == [0, 0]
+    assert "Traceback" not in logs[1].read_text()
