@@ -125,6 +125,8 @@ class _Bus:
     """What every kind shares: the lock, the pauses, transaction ids, and the errors of a read."""
 
     framing: Framing = MBAP
+    _connection: _Link | None = None  # each kind's own connection; usable or not
+    _waits_before_send = False  # whether the kind has a `_before_send` (serial): no coroutine a request else
 
     def __init__(self, address: BusAddress, connect_timeout: float = 3.0) -> None:
         self.address = address
@@ -149,13 +151,17 @@ class _Bus:
         end); a request whose reply window would outlast it is not sent (NotOwner).
         Raises a ModbusError (or CancelledError), nothing else.
         """
-        async with self._lock:
+        lock = self._lock
+        await lock.acquire()  # `async with` does the same, with two more coroutines a request
+        try:
             if pause:
                 await _sleep_until(self._last_end + pause)
             try:
                 return await self._read(block, unit, timeout, connect_pause, fence)
             finally:
                 self._last_end = time.monotonic()
+        finally:
+            lock.release()
 
     def close(self) -> None:
         raise NotImplementedError
@@ -202,11 +208,14 @@ class _Bus:
         self._window_end = 0.0  # nothing in flight yet: a failure before sending reserves nothing
         if self._reserved_until > time.monotonic():  # a failed RTU request's window (no coroutine a request)
             await _sleep_until(self._reserved_until)
-        link = await self._connect(timeout)
+        link = self._connection
+        if link is None or not link.usable:  # (one usable is taken as it is: no coroutine a request)
+            link = await self._connect(timeout)
         try:
             if connect_pause:
                 await _sleep_until(self._connected_at + connect_pause)
-            await self._before_send(link, request, block, timeout)
+            if self._waits_before_send:
+                await self._before_send(link, request, block, timeout)
             window = timeout + self._wire_time(request)
             now = time.monotonic()
             # Fencing: checked here, after every wait, with nothing that yields between this check and
@@ -382,6 +391,7 @@ class SerialBus(_Bus):
     """Modbus RTU on a local serial device (address.host is its path, address.line its settings)."""
 
     framing = RTU
+    _waits_before_send = True
 
     def __init__(self, address: BusAddress) -> None:
         super().__init__(address)
