@@ -28,6 +28,7 @@ from .transport import Bus, open_bus
 log = logging.getLogger("poller")
 
 BUSY_RETRIES = (0.1, 0.25, 0.5)  # seconds to wait before each retry of a busy device
+_WAITS = (*BUSY_RETRIES, None)  # after each attempt at a request: the wait before the next, or none left
 MAX_BACKOFF_CYCLES = 32  # a failing meter is tried at least every 33 cycles
 
 
@@ -420,7 +421,7 @@ class Poller:
     async def _read(self, bus: Bus, meter: Meter, block: ReadBlock, result: MeterResult,
                     connect_pause: float, fence: Callable[[], float] | None) -> list[int]:
         dtype = meter.device_type
-        for attempt, backoff in enumerate((*BUSY_RETRIES, None)):
+        for attempt, backoff in enumerate(_WAITS):
             result.requests += 1
             try:
                 return await bus.read(block, meter.slave_address, dtype.timeout_s, pause=dtype.request_pause_s,
