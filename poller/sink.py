@@ -151,9 +151,17 @@ class SeriesKeys:
     def status_line(self, meter: Meter, result: MeterStatus) -> str:
         """The meter's `poller_status` point for one cycle (fields are floats, as `value` is)."""
         key = self._keys(meter)[2]
+        requests, errors, readings = result.requests, result.errors, result.readings
         return (f"{key} up={1.0 if result.ok else 0.0},duration_s={result.duration_s!r},"
-                f"requests={float(result.requests)!r},errors={float(result.errors)!r},"
-                f"readings={float(result.readings)!r} {result.time_ms}")
+                f"requests={_COUNTS[requests] if 0 <= requests < _COUNTED else repr(float(requests))},"
+                f"errors={_COUNTS[errors] if 0 <= errors < _COUNTED else repr(float(errors))},"
+                f"readings={_COUNTS[readings] if 0 <= readings < _COUNTED else repr(float(readings))} "
+                f"{result.time_ms}")
+
+
+# repr(float(n)) of the counts a status point mostly carries, made once ("3.0"); bigger ones are made as before
+_COUNTED = 1024
+_COUNTS = tuple(repr(float(n)) for n in range(_COUNTED))
 
 
 class WriteError(Exception):
