@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Protocol
 
 from .counters import CounterGuard, describe
-from .decode import decode_block_values
+from .decode import decode_block_values, plain_block_values
 from .modbus import BUSY_CODES, SPLIT_CODES, ExceptionReply, ModbusError, NotOwner
 from .model import BusAddress, Meter, ReadBlock, Register, Wire
 from .plan import plan_device, split_block
-from .sink import SeriesKeys, reading_lines
+from .sink import SeriesKeys, block_lines, reading_lines
 from .transport import Bus, open_bus
 
 log = logging.getLogger("poller")
@@ -394,11 +394,20 @@ class Poller:
             log.info("%s: read plan adjusted to %d requests after the device refused a block", meter, len(kept))
 
     def _decode(self, meter: Meter, result: MeterResult, read: list[tuple[ReadBlock, list[int], int]]) -> None:
+        guarded = self.counters is not None and meter.device_type.has_counters
+        if not guarded and (plain := plain_block_values([(block, words) for block, words, _ in read])) is not None:
+            lines: list[str] = []  # most meters' reads: every value plain and finite, nothing to check
+            for (block, _, time_ms), block_values in zip(read, plain, strict=True):
+                lines += block_lines(self.keys.prefixes(meter, block), block_values, time_ms)
+            result.lines = lines
+            result.readings = len(lines)
+            return
         keys = self.keys.for_meter(meter)
         values, invalid = decode_block_values([(block, words) for block, words, _ in read])
         result.invalid.extend(invalid)
         times_ms = [time_ms for _, _, time_ms in read]
-        if self.counters is not None and meter.device_type.has_counters:
+        if guarded:
+            assert self.counters is not None
             values = self._guard(self.counters, meter, result, values, times_ms)
         result.lines = reading_lines(keys, values, times_ms)
         result.readings = len(result.lines)

@@ -41,7 +41,7 @@ from typing import Protocol, TextIO
 import orjson
 
 from .logsafe import CONTROL_CHARACTERS
-from .model import Meter, Register
+from .model import Meter, ReadBlock, Register
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,13 @@ def reading_lines(keys: Mapping[int, str], decoded: Iterable[tuple[int, Register
             for (index, reg, _), text in zip(decoded, texts, strict=True)]
 
 
+def block_lines(prefixes: Sequence[str], values: Sequence[float], time_ms: int) -> list[str]:
+    """reading_lines for one block's plain values (decode.plain_block_values): `prefixes` are its
+    registers' `<series key> value=` (SeriesKeys.prefixes), the same lines without a tuple a value."""
+    stamp = f" {time_ms}"
+    return [f"{prefix}{text}{stamp}" for prefix, text in zip(prefixes, float_texts(list(values)), strict=True)]
+
+
 def float_texts(values: list[float]) -> list[str]:
     """Each finite float as the shortest decimal that reads back as exactly that float: the number
     repr() writes, sometimes written another way (`1e16` for `1e+16`, `0.00001` for `1e-05`; line
@@ -133,6 +140,9 @@ class SeriesKeys:
 
     def __init__(self) -> None:
         self._cache: dict[int, tuple[Meter, dict[int, str], str]] = {}
+        # per meter: each read block's `<series key> value=` texts, by the block's id (the block kept
+        # with them, so an id reused by a block of a new plan is never taken for the old one)
+        self._prefixes: dict[int, tuple[Meter, dict[int, tuple[ReadBlock, tuple[str, ...]]]]] = {}
 
     def _keys(self, meter: Meter) -> tuple[Meter, dict[int, str], str]:
         cached = self._cache.get(meter.id)
@@ -144,9 +154,22 @@ class SeriesKeys:
     def for_meter(self, meter: Meter) -> dict[int, str]:
         return self._keys(meter)[1]
 
+    def prefixes(self, meter: Meter, block: ReadBlock) -> tuple[str, ...]:
+        """`<series key> value=` of each of the block's registers (block_lines)."""
+        cached = self._prefixes.get(meter.id)
+        if cached is None or cached[0] is not meter:
+            cached = self._prefixes[meter.id] = (meter, {})
+        known = cached[1].get(id(block))
+        if known is None or known[0] is not block:
+            keys = self.for_meter(meter)
+            known = cached[1][id(block)] = (block, tuple(f"{keys[r.id]} value=" for r in block.registers))
+        return known[1]
+
     def forget_except(self, meter_ids: set[int]) -> None:
         for mid in [m for m in self._cache if m not in meter_ids]:
             del self._cache[mid]
+        for mid in [m for m in self._prefixes if m not in meter_ids]:
+            del self._prefixes[mid]
 
     def status_line(self, meter: Meter, result: MeterStatus) -> str:
         """The meter's `poller_status` point for one cycle (fields are floats, as `value` is)."""

@@ -170,13 +170,13 @@ def test_the_next_meters_request_goes_out_before_the_last_reply_is_decoded(monke
 
     bus = WireBus()
     seen_at_decode: list[int] = []
-    real = cycle.decode_block_values
+    real = cycle.Poller._decode
 
-    def decode(blocks):  # type: ignore[no-untyped-def]
+    def decode(self, meter, result, read):  # type: ignore[no-untyped-def]
         seen_at_decode.append(len(bus.requests))
-        return real(blocks)
+        return real(self, meter, result, read)
 
-    monkeypatch.setattr(cycle, "decode_block_values", decode)
+    monkeypatch.setattr(cycle.Poller, "_decode", decode)
     out = Lines()
     report = asyncio.run(Poller(out, status_points=True, connect=bus).run_cycle([meter(1, 1), meter(2, 2),
                                                                                   meter(3, 3)]))
@@ -189,17 +189,17 @@ def test_the_next_meters_request_goes_out_before_the_last_reply_is_decoded(monke
 def test_a_bug_in_decoding_fails_that_meter_only_and_the_report_counts_it(monkeypatch, caplog):
     import poller.cycle as cycle
 
-    real = cycle.decode_block_values
+    real = cycle.Poller._decode
 
-    def decode(blocks):  # type: ignore[no-untyped-def]
-        if blocks and blocks[0][1][0] == 0 and len(decode.calls) == 1:  # the second meter of the cycle
+    def decode(self, meter, result, read):  # type: ignore[no-untyped-def]
+        if len(decode.calls) == 1:  # the second meter of the cycle
             decode.calls.append(1)
             raise ZeroDivisionError("boom")
         decode.calls.append(1)
-        return real(blocks)
+        return real(self, meter, result, read)
 
     decode.calls = []  # type: ignore[attr-defined]
-    monkeypatch.setattr(cycle, "decode_block_values", decode)
+    monkeypatch.setattr(cycle.Poller, "_decode", decode)
     out = Lines()
     with caplog.at_level("DEBUG", logger="poller"):
         report = asyncio.run(Poller(out, status_points=True, connect=FakeBus()).run_cycle([meter(1, 1), meter(2, 2)]))

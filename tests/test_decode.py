@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymodbus.client.mixin import ModbusClientMixin
 
-from poller.decode import DecodeError, apply_scaling, check_scale_factor, decode_block_values, decode_raw, encode_raw
+from poller.decode import (
+    DecodeError,
+    apply_scaling,
+    check_scale_factor,
+    decode_block_values,
+    decode_raw,
+    encode_raw,
+    plain_block_values,
+)
 from poller.model import ByteOrder, DataType, FunctionCode, ReadBlock, Register
 from tests.test_sink import same_lines
 from virtual_server.device import encode as simulator_encode
@@ -316,6 +324,19 @@ def outcome(decode, block_words):
     return [(i, id(r), type(v), repr(v)) for i, r, v in values], invalid
 
 
+def check_plain(block_words):
+    """The fast way (plain_block_values: every block plain, every value finite) gives, when it
+    takes a meter's blocks at all, exactly the reference's values, none left out."""
+    plain = plain_block_values(block_words)
+    if plain is None:
+        return
+    values, invalid = reference_decode_block_values(block_words)
+    assert invalid == []
+    fast = [(i, id(r), type(v), repr(v)) for i, (b, _) in enumerate(block_words)
+            for r, v in zip(b.registers, plain[i], strict=True)]
+    assert fast == [(i, id(r), type(v), repr(v)) for i, r, v in values]
+
+
 # Words that make the interesting values: NaN, infinities, zero, -0.0, sentinels, sign bits.
 WORD = st.one_of(st.integers(0, 0xFFFF), st.sampled_from([0x0000, 0xFFFF, 0x8000, 0x7FFF, 0x7FC0, 0x7F80, 0xFF80,
                                                           0xFFC0, 0x7FF0, 0xFFF0, 0x7FF8, 0x0001, 0x000A]))
@@ -363,6 +384,7 @@ def test_planned_blocks_decode_as_the_reference_does(regs, max_block, max_gap, o
         return
     block_words = data.draw(replies(blocks))
     assert outcome(decode_block_values, block_words) == outcome(reference_decode_block_values, block_words)
+    check_plain(block_words)
 
 
 @settings(max_examples=200)
@@ -377,6 +399,7 @@ def test_blocks_made_by_hand_decode_as_the_reference_does(specs, data):
         blocks.append(ReadBlock(FunctionCode.READ_HOLDING_REGISTERS, address, count, regs))
     block_words = data.draw(replies(blocks))
     assert outcome(decode_block_values, block_words) == outcome(reference_decode_block_values, block_words)
+    check_plain(block_words)
 
 
 @given(st.sampled_from(list(DataType)), st.sampled_from(list(ByteOrder)), st.integers(1, 30), st.data())
@@ -397,6 +420,11 @@ def test_a_block_of_one_type_and_order_decodes_as_the_reference_does(data_type, 
     lines = reading_lines(keys, decode_block_values([(block, words)])[0], [1_700_000_000_123])
     assert same_lines(lines, [f"{keys[r.id]} value={v!r} 1700000000123" for _, r, v in
                               reference_decode_block_values([(block, words)])[0]])
+    check_plain([(block, words)])
+    if (plain := plain_block_values([(block, words)])) is not None:  # the fast way writes the same lines
+        from poller.sink import block_lines
+
+        assert block_lines([f"{keys[r.id]} value=" for r in block.registers], plain[0], 1_700_000_000_123) == lines
 
 
 def test_a_reply_cut_at_a_value_s_last_word_still_has_that_value():
