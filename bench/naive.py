@@ -19,7 +19,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from poller.decode import apply_scaling, decode_raw
 from poller.model import FunctionCode, Meter, Transport
-from poller.sink import reading_lines, series_key
+from poller.sink import line_prefix, reading_lines, series_key
 
 from .floor import client_for
 
@@ -46,7 +46,7 @@ async def _poll(meters: Sequence[Meter], sink: object) -> tuple[int, int]:
                     continue
                 value = apply_scaling(reg, decode_raw(reg, reply.registers))
                 read_ms = time.time_ns() // 1_000_000
-                lines += reading_lines({reg.id: series_key(meter, reg)}, [(0, reg, value)], [read_ms])
+                lines += reading_lines({reg.id: line_prefix(series_key(meter, reg))}, [(0, reg, value)], [read_ms])
             sink.write(lines)  # type: ignore[attr-defined]
             readings += len(lines)
     finally:

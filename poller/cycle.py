@@ -402,14 +402,14 @@ class Poller:
             result.lines = lines
             result.readings = len(lines)
             return
-        keys = self.keys.for_meter(meter)
+        prefixes = self.keys.line_prefixes(meter)
         values, invalid = decode_block_values([(block, words) for block, words, _ in read])
         result.invalid.extend(invalid)
         times_ms = [time_ms for _, _, time_ms in read]
         if guarded:
             assert self.counters is not None
             values = self._guard(self.counters, meter, result, values, times_ms)
-        result.lines = reading_lines(keys, values, times_ms)
+        result.lines = reading_lines(prefixes, values, times_ms)
         result.readings = len(result.lines)
 
     @staticmethod

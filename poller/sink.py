@@ -101,11 +101,20 @@ def status_key(meter: Meter) -> str:
     return _key("poller_status", meter_tags(meter))
 
 
-def reading_lines(keys: Mapping[int, str], decoded: Iterable[tuple[int, Register, float]],
+VALUE = " value="  # between a line's series key and its value (line_prefix)
+
+
+def line_prefix(key: str) -> str:
+    """`<series key> value=`: a line's start, kept per register (SeriesKeys.line_prefixes)."""
+    return f"{key}{VALUE}"
+
+
+def reading_lines(prefixes: Mapping[int, str], decoded: Iterable[tuple[int, Register, float]],
                   times_ms: Sequence[int]) -> list[str]:
     """Line protocol for decoded values: `<series key> value=<float> <ms>`.
 
-    `keys`: series keys by register id (SeriesKeys.for_meter); `decoded`: (block
+    `prefixes`: `line_prefix` of each register's series key, by register id
+    (SeriesKeys.line_prefixes); `decoded`: (block
     index, register, finite value) as decode_block_values gives them; `times_ms`:
     when each block was read. Built in one comprehension: it runs per reading; each
     block's ` <ms>` is formatted once, not once per line.
@@ -113,8 +122,7 @@ def reading_lines(keys: Mapping[int, str], decoded: Iterable[tuple[int, Register
     decoded = decoded if isinstance(decoded, list) else list(decoded)
     stamps = [f" {time_ms}" for time_ms in times_ms]
     texts = float_texts([value for _, _, value in decoded])
-    return [f"{keys[reg.id]} value={text}{stamps[index]}"
-            for (index, reg, _), text in zip(decoded, texts, strict=True)]
+    return [f"{prefixes[reg.id]}{text}{stamps[index]}" for (index, reg, _), text in zip(decoded, texts, strict=True)]
 
 
 def block_lines(prefixes: Sequence[str], values: Sequence[float], time_ms: int) -> list[str]:
@@ -136,33 +144,40 @@ def float_texts(values: list[float]) -> list[str]:
 
 
 class SeriesKeys:
-    """Caches series keys, and the status key, per meter; rebuilt when a meter object changes."""
+    """Caches each meter's line prefixes (`line_prefix` of its series keys) and status key; rebuilt
+    when a meter object changes. The prefixes are kept, not the keys: one string a series."""
 
     def __init__(self) -> None:
         self._cache: dict[int, tuple[Meter, dict[int, str], str]] = {}
-        # per meter: each read block's `<series key> value=` texts, by the block's id (the block kept
-        # with them, so an id reused by a block of a new plan is never taken for the old one)
+        # per meter: each read block's line prefixes (the same string objects), by the block's id (the
+        # block kept with them, so an id reused by a block of a new plan is never taken for the old one)
         self._prefixes: dict[int, tuple[Meter, dict[int, tuple[ReadBlock, tuple[str, ...]]]]] = {}
 
     def _keys(self, meter: Meter) -> tuple[Meter, dict[int, str], str]:
         cached = self._cache.get(meter.id)
         if cached is None or cached[0] is not meter:
-            cached = (meter, {r.id: series_key(meter, r) for r in meter.device_type.registers}, status_key(meter))
+            cached = (meter, {r.id: line_prefix(series_key(meter, r)) for r in meter.device_type.registers},
+                      status_key(meter))
             self._cache[meter.id] = cached
         return cached
 
-    def for_meter(self, meter: Meter) -> dict[int, str]:
+    def line_prefixes(self, meter: Meter) -> dict[int, str]:
+        """`line_prefix` of each register's series key, by register id (reading_lines)."""
         return self._keys(meter)[1]
 
+    def for_meter(self, meter: Meter) -> dict[int, str]:
+        """The series keys, by register id (made from the prefixes: not for the hot path)."""
+        return {rid: prefix[:-len(VALUE)] for rid, prefix in self._keys(meter)[1].items()}
+
     def prefixes(self, meter: Meter, block: ReadBlock) -> tuple[str, ...]:
-        """`<series key> value=` of each of the block's registers (block_lines)."""
+        """The line prefix of each of the block's registers (block_lines)."""
         cached = self._prefixes.get(meter.id)
         if cached is None or cached[0] is not meter:
             cached = self._prefixes[meter.id] = (meter, {})
         known = cached[1].get(id(block))
         if known is None or known[0] is not block:
-            keys = self.for_meter(meter)
-            known = cached[1][id(block)] = (block, tuple(f"{keys[r.id]} value=" for r in block.registers))
+            prefixes = self.line_prefixes(meter)
+            known = cached[1][id(block)] = (block, tuple(prefixes[r.id] for r in block.registers))
         return known[1]
 
     def forget_except(self, meter_ids: set[int]) -> None:

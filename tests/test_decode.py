@@ -417,7 +417,8 @@ def test_a_block_of_one_type_and_order_decodes_as_the_reference_does(data_type, 
     from poller.sink import reading_lines
 
     keys = {r.id: f"v{r.id},meter=1" for r in block.registers}
-    lines = reading_lines(keys, decode_block_values([(block, words)])[0], [1_700_000_000_123])
+    lines = reading_lines({r: f"{k} value=" for r, k in keys.items()}, decode_block_values([(block, words)])[0],
+                          [1_700_000_000_123])
     assert same_lines(lines, [f"{keys[r.id]} value={v!r} 1700000000123" for _, r, v in
                               reference_decode_block_values([(block, words)])[0]])
     check_plain([(block, words)])

@@ -29,6 +29,7 @@ from poller.sink import (
     StdoutSink,
     WriteError,
     float_texts,
+    line_prefix,
     meter_tags,
     parse_retry_after,
     reading_lines,
@@ -44,7 +45,7 @@ T0 = 1_700_000_000_000
 
 def test_point_schema():
     meter = Meter(3, "gw.local", 502, 12, DTYPE, description="Main board, east=wing")
-    (line,) = reading_lines({REG.id: series_key(meter, REG)}, [(0, REG, 230.5)], [1_700_000_000_123])
+    (line,) = reading_lines({REG.id: line_prefix(series_key(meter, REG))}, [(0, REG, 230.5)], [1_700_000_000_123])
     assert line == ("voltage_l1,description=Main\\ board\\,\\ east\\=wing,host=gw.local,meter=3,"
                     "slave_address=12,type=sdm\\ 630,unit=V value=230.5 1700000000123")
 
@@ -53,7 +54,7 @@ def test_no_empty_tags_and_float_values():
     reg = Register(8, "sdm", 0, "power factor", None, DataType.INT16, FunctionCode.READ_HOLDING_REGISTERS)
     meter = Meter(1, "h", 502, 1, DTYPE, description="  ")
     assert series_key(meter, reg) == "power\\ factor,host=h,meter=1,slave_address=1,type=sdm\\ 630"
-    (line,) = reading_lines({reg.id: series_key(meter, reg)}, [(0, reg, 5.0)], [1])
+    (line,) = reading_lines({reg.id: line_prefix(series_key(meter, reg))}, [(0, reg, 5.0)], [1])
     assert line.endswith(" value=5.0 1")
 
 
@@ -128,7 +129,7 @@ def write_and_read_back(influx: InfluxDB1, rows: list[Row]) -> None:
         for i, row in enumerate(rows, start=1):
             meter = row.meter(i)
             reg = meter.device_type.registers[0]
-            lines += reading_lines(keys.for_meter(meter), [(0, reg, i + 0.5)], [T0 + i])
+            lines += reading_lines(keys.line_prefixes(meter), [(0, reg, i + 0.5)], [T0 + i])
             lines.append(keys.status_line(meter, Status(i % 2 == 0, 0.25, 2, 1, 12, T0 + i)))
         status, body = influx.write(db, "\n".join(lines))
         assert status == 204, f"{body}\n" + "\n".join(lines)
@@ -238,16 +239,17 @@ def test_series_keys_follow_a_meter_whose_row_changed() -> None:
 
 
 def test_series_keys_are_built_once_per_meter_and_forgotten_with_it() -> None:
-    """for_meter runs for every meter in every cycle: a meter's keys are built once (the same dict
-    comes back while the Meter object is the same), and forget_except, after a reload, drops the
-    keys of meters no longer configured and keeps those of the others."""
+    """line_prefixes runs for every meter in every cycle: a meter's are built once (the same dict
+    comes back while the Meter object is the same), and forget_except, after a reload, drops those
+    of meters no longer configured and keeps those of the others."""
     keys = SeriesKeys()
     three, four = Meter(3, "gw", 502, 1, DTYPE), Meter(4, "gw", 502, 2, DTYPE)
-    first_three, first_four = keys.for_meter(three), keys.for_meter(four)
-    assert keys.for_meter(three) is first_three and keys.for_meter(four) is first_four
+    first_three, first_four = keys.line_prefixes(three), keys.line_prefixes(four)
+    assert keys.line_prefixes(three) is first_three and keys.line_prefixes(four) is first_four
+    assert first_three == {rid: line_prefix(key) for rid, key in keys.for_meter(three).items()}
     keys.forget_except({3})
-    assert keys.for_meter(three) is first_three
-    rebuilt = keys.for_meter(four)
+    assert keys.line_prefixes(three) is first_three
+    rebuilt = keys.line_prefixes(four)
     assert rebuilt == first_four and rebuilt is not first_four
 
 
@@ -316,11 +318,12 @@ def test_reading_lines_equal_the_straightforward_form(decoded, times):
     """The series key, ` value=`, the float as repr writes it (`same_as_repr`), a space, the block's time."""
     regs = {rid: replace(REG, id=rid, measurement=f"m{rid}") for rid in range(1, 5)}
     meter = Meter(3, "gw", 502, 1, DeviceType("sdm 630", tuple(regs.values())), description="a b")
-    keys = SeriesKeys().for_meter(meter)
+    series = SeriesKeys()
+    keys, prefixes = series.for_meter(meter), series.line_prefixes(meter)
     rows = [(index, regs[rid], value) for index, rid, value in decoded]
-    assert same_lines(reading_lines(keys, rows, times), reference_reading_lines(keys, rows, times))
+    assert same_lines(reading_lines(prefixes, rows, times), reference_reading_lines(keys, rows, times))
     once = times[:1] * 4
-    assert same_lines(reading_lines(keys, iter(rows), once), reference_reading_lines(keys, rows, once))
+    assert same_lines(reading_lines(prefixes, iter(rows), once), reference_reading_lines(keys, rows, once))
 
 
 @given(st.lists(VALUES, max_size=60))
@@ -353,7 +356,7 @@ def test_every_kind_of_float_is_stored_exactly_by_influxdb(influx: InfluxDB1) ->
         1.401298464324817e-45, -1.1754943508222875e-38, 230.10000610351562, 0.1, 1 / 3]
     regs = [replace(REG, id=i, measurement="v") for i in range(len(values))]
     meter = Meter(3, "gw", 502, 1, DeviceType("sdm 630", tuple(regs)))
-    keys = SeriesKeys().for_meter(meter)
+    keys = SeriesKeys().line_prefixes(meter)
     lines = reading_lines(keys, [(i, reg, v) for i, (reg, v) in enumerate(zip(regs, values, strict=True))],
                           [T0 + i for i in range(len(values))])
     assert any("e-" in line.split(" value=")[1] for line in lines), "no exponent written: the test tests nothing"
@@ -375,7 +378,7 @@ def test_influx_sink_writes_through_the_v2_bridge(influx: InfluxDB1) -> None:
         sink = InfluxSink(env["INFLUXDB_URL"], env["INFLUXDB_TOKEN"], env["INFLUXDB_ORG"], env["INFLUXDB_BUCKET"])
         try:
             meter = Meter(9, "gw\nforged", 502, 1, DTYPE, description="x\\")
-            sink.write(reading_lines({REG.id: series_key(meter, REG)}, [(0, REG, 1.5), (1, REG, 2.5)],
+            sink.write(reading_lines({REG.id: line_prefix(series_key(meter, REG))}, [(0, REG, 1.5), (1, REG, 2.5)],
                                      [T0, T0 + 1000]))
             with pytest.raises(WriteError) as refused:
                 sink.write(["voltage_l1,host=a\\ value=1.0 1"])  # what the old escaping made of `a\`
