@@ -406,6 +406,11 @@ def test_a_bus_handed_over_with_a_request_out_fails_no_meter_and_leaves_no_serie
     assert rcs == [0, 0]
 
 
+def buses_held(postgres, database, pid: int) -> int:  # type: ignore[no-untyped-def]
+    """How many buses the instance with this pid holds the lease of."""
+    return sum(instance_pid(owner) == pid for owner in postgres.lease_owners(database).values())
+
+
 def health(port: int) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
@@ -463,14 +468,11 @@ def test_readings_a_replica_leaves_when_scaled_down_are_sent_by_the_one_that_sta
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs: list[Any] = []
 
-    def holding(pid: int) -> int:
-        return sum(instance_pid(owner) == pid for owner in postgres.lease_owners(database).values())
-
     try:
         procs.append(start_module("poller", [], env, logs[0]))
-        wait_until(lambda: holding(procs[0].pid) == 2, 30, "A holds both buses", procs)
+        wait_until(lambda: buses_held(postgres, database, procs[0].pid) == 2, 30, "A holds both buses", procs)
         procs.append(start_module("poller", [], env, logs[1]))
-        wait_until(lambda: holding(procs[1].pid) == 1, 30, "B holds one bus", procs)
+        wait_until(lambda: buses_held(postgres, database, procs[1].pid) == 1, 30, "B holds one bus", procs)
         victoria.stop()
         time.sleep(4)  # both poll into their spools
         assert stop_process(procs[1]) == 0  # scaled down
@@ -478,7 +480,8 @@ def test_readings_a_replica_leaves_when_scaled_down_are_sent_by_the_one_that_sta
         assert "stopping with" in b_log and "points in the spool" in b_log, b_log
         slot = re.search(r"spool: (\S+) \(slot 1 of POLL_SPOOL_DIR\)", b_log)
         assert slot is not None, b_log
-        wait_until(lambda: holding(procs[0].pid) == 2, 3 * LEASE_S + 5, "A holds both buses again", procs[:1])
+        wait_until(lambda: buses_held(postgres, database, procs[0].pid) == 2, 3 * LEASE_S + 5,
+                   "A holds both buses again", procs[:1])
         wait_until(lambda: f"wait in {slot[1]}, which no running instance holds" in logs[0].read_text(), 15,
                    "A takes B's spool over", procs[:1])
         victoria.start()
@@ -522,18 +525,16 @@ def test_a_counters_history_follows_its_bus_to_the_instance_that_takes_it(
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs: list[Any] = []
 
-    def holding(pid: int) -> int:
-        return sum(instance_pid(owner) == pid for owner in postgres.lease_owners(database).values())
-
     try:
         procs.append(start_module("poller", [], env, logs[0]))
-        wait_until(lambda: holding(procs[0].pid) == 1, 30, "A holds the bus", procs)
+        wait_until(lambda: buses_held(postgres, database, procs[0].pid) == 1, 30, "A holds the bus", procs)
         wait_until(lambda: victoria.export('{__name__="energy_value"}', timeout=1), 15, "A's first reading", procs)
         procs.append(start_module("poller", [], env, logs[1]))
         wait_until(lambda: "sharing the fleet" in logs[1].read_text(), 30, "B runs", procs)
         words[3, 0] = 0x43FA  # 500.0: the lie
         assert stop_process(procs[0]) == 0
-        wait_until(lambda: holding(procs[1].pid) == 1, 3 * LEASE_S + 5, "B holds the bus", procs[1:])
+        wait_until(lambda: buses_held(postgres, database, procs[1].pid) == 1, 3 * LEASE_S + 5, "B holds the bus",
+                   procs[1:])
         wait_until(lambda: "went backwards (1000.0 -> 500.0 kWh)" in logs[1].read_text(), 10,
                    "B holds the lie back", procs[1:])
     finally:
