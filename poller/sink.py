@@ -101,12 +101,9 @@ def status_key(meter: Meter) -> str:
     return _key("poller_status", meter_tags(meter))
 
 
-VALUE = " value="  # between a line's series key and its value (line_prefix)
-
-
 def line_prefix(key: str) -> str:
     """`<series key> value=`: a line's start, kept per register (SeriesKeys.line_prefixes)."""
-    return f"{key}{VALUE}"
+    return f"{key} value="
 
 
 def reading_lines(prefixes: Mapping[int, str], decoded: Iterable[tuple[int, Register, float]],
@@ -164,10 +161,6 @@ class SeriesKeys:
     def line_prefixes(self, meter: Meter) -> dict[int, str]:
         """`line_prefix` of each register's series key, by register id (reading_lines)."""
         return self._keys(meter)[1]
-
-    def for_meter(self, meter: Meter) -> dict[int, str]:
-        """The series keys, by register id (made from the prefixes: not for the hot path)."""
-        return {rid: prefix[:-len(VALUE)] for rid, prefix in self._keys(meter)[1].items()}
 
     def prefixes(self, meter: Meter, block: ReadBlock) -> tuple[str, ...]:
         """The line prefix of each of the block's registers (block_lines)."""

@@ -128,6 +128,13 @@ def poller_login(postgres, database):  # type: ignore[no-untyped-def]
     return postgres.reader_login(database, f"emm_poller_{os.getpid()}", "test-only-poller")
 
 
+def pollers_env(postgres, database, victoria, login, **more: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The environment of pollers that share the fleet through PostgreSQL as the poller's login,
+    every second, with `more` settings."""
+    return {**postgres.env(database), **login, **victoria.env(), "POLL_CRON": "* * * * * *",
+            "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), **more}
+
+
 def shared_fleet(postgres, database, victoria, login, buses: int, cron: str):  # type: ignore[no-untyped-def]
     """`buses` recording buses with UNITS meters each (one float32 register), and the environment
     of pollers that share them through PostgreSQL as the poller's login."""
@@ -139,9 +146,7 @@ def shared_fleet(postgres, database, victoria, login, buses: int, cron: str):  #
             VALUES ('one', 0, 'v', 3, 'V');
         INSERT INTO energy_meters (host, port, slave_address, type)
             SELECT '127.0.0.1', p, u, 'one' FROM unnest(ARRAY{fleet.ports}) p, generate_series(1, {UNITS}) u;""")
-    env = {**postgres.env(database), **login, **victoria.env(), "POLL_CRON": cron,
-           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S)}
-    return fleet, env
+    return fleet, pollers_env(postgres, database, victoria, login, POLL_CRON=cron)
 
 
 def test_three_pollers_share_twelve_buses_through_kill_stop_and_a_postgres_restart(
@@ -376,8 +381,7 @@ def test_a_bus_handed_over_with_a_request_out_fails_no_meter_and_leaves_no_serie
     y, x = sorted(fleet.ports, key=lambda p: f"tcp 127.0.0.1:{p}")  # A keeps the first key in order (lease.py)
     fleet.buses[fleet.ports.index(x)].latency_s = 0.9
     one_register_meters(postgres, database, f"('127.0.0.1', {x}, 1), ('127.0.0.1', {x}, 2), ('127.0.0.1', {y}, 1)")
-    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
-           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), "POLL_WORKERS": str(workers)}
+    env = pollers_env(postgres, database, victoria, poller_login, POLL_WORKERS=str(workers))
     ports = [free_port(), free_port()]
     x_ids = meter_ids(postgres, database, x)
     procs: list[Any] = []
@@ -428,8 +432,7 @@ def test_the_series_of_meters_an_instance_stops_polling_go(postgres, database, v
     one_register_meters(postgres, database, f"('127.0.0.1', {fleet.ports[0]}, 1), ('127.0.0.1', {fleet.ports[0]}, 2)",
                         timeout_s=0.5)
     first, second = meter_ids(postgres, database, fleet.ports[0])
-    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
-           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), "POLL_HTTP_PORT": str(port)}
+    env = pollers_env(postgres, database, victoria, poller_login, POLL_HTTP_PORT=str(port))
     proc = start_module("poller", [], env, tmp_path / "a.log")
     try:
         wait_until(lambda: meter_up(port) == {first: 1.0, second: 1.0}, 30, "both meters up", [proc])
@@ -462,9 +465,8 @@ def test_readings_a_replica_leaves_when_scaled_down_are_sent_by_the_one_that_sta
     as its bus answered requests."""
     fleet = Fleet(2)
     one_register_meters(postgres, database, ", ".join(f"('127.0.0.1', {p}, 1)" for p in fleet.ports))
-    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
-           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), "POLL_SPOOL_RETRY_MAX_S": "2",
-           "POLL_SPOOL_DIR": str(tmp_path / "spool")}
+    env = pollers_env(postgres, database, victoria, poller_login, POLL_SPOOL_RETRY_MAX_S="2",
+                      POLL_SPOOL_DIR=str(tmp_path / "spool"))
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs: list[Any] = []
 
@@ -519,9 +521,8 @@ def test_a_counters_history_follows_its_bus_to_the_instance_that_takes_it(
             VALUES ('one', 0, 'energy', 3, 'kWh', 'counter');
         INSERT INTO energy_meters (host, port, slave_address, type)
             VALUES ('127.0.0.1', {fleet.ports[0]}, 1, 'one');""")
-    env = {**postgres.env(database), **poller_login, **victoria.env(), "POLL_CRON": "* * * * * *",
-           "POLL_COORDINATION": "postgres", "POLL_LEASE_S": str(LEASE_S), "POLL_WORKERS": str(workers),
-           "POLL_SPOOL_DIR": str(tmp_path / "spool")}
+    env = pollers_env(postgres, database, victoria, poller_login, POLL_WORKERS=str(workers),
+                      POLL_SPOOL_DIR=str(tmp_path / "spool"))
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs: list[Any] = []
 

@@ -230,12 +230,13 @@ def test_a_measurement_name_escapes_comma_and_space_but_not_equals() -> None:
 def test_series_keys_follow_a_meter_whose_row_changed() -> None:
     keys = SeriesKeys()
     meter = Meter(3, "gw", 502, 1, DTYPE, description="old")
-    first = keys.for_meter(meter)
-    assert keys.for_meter(meter) == first == {REG.id: series_key(meter, REG)}
+    first = keys.line_prefixes(meter)
+    assert keys.line_prefixes(meter) == first == {REG.id: line_prefix(series_key(meter, REG))}
     moved = replace(meter, description="new")  # a reload gives a new Meter object for the changed row
-    assert keys.for_meter(moved) == {REG.id: series_key(moved, REG)} and "description=new" in keys.for_meter(moved)[7]
+    assert keys.line_prefixes(moved) == {REG.id: line_prefix(series_key(moved, REG))}
+    assert "description=new" in keys.line_prefixes(moved)[7]
     keys.forget_except(set())
-    assert keys.for_meter(meter) == first
+    assert keys.line_prefixes(meter) == first
 
 
 def test_series_keys_are_built_once_per_meter_and_forgotten_with_it() -> None:
@@ -246,7 +247,7 @@ def test_series_keys_are_built_once_per_meter_and_forgotten_with_it() -> None:
     three, four = Meter(3, "gw", 502, 1, DTYPE), Meter(4, "gw", 502, 2, DTYPE)
     first_three, first_four = keys.line_prefixes(three), keys.line_prefixes(four)
     assert keys.line_prefixes(three) is first_three and keys.line_prefixes(four) is first_four
-    assert first_three == {rid: line_prefix(key) for rid, key in keys.for_meter(three).items()}
+    assert first_three == {REG.id: line_prefix(series_key(three, REG))}
     keys.forget_except({3})
     assert keys.line_prefixes(three) is first_three
     rebuilt = keys.line_prefixes(four)
@@ -255,7 +256,7 @@ def test_series_keys_are_built_once_per_meter_and_forgotten_with_it() -> None:
 
 
 def test_a_status_line_follows_a_meter_whose_row_changed() -> None:
-    """status_line runs for every meter in every cycle, as for_meter does: it carries the tags of
+    """status_line runs for every meter in every cycle, as line_prefixes does: it carries the tags of
     the Meter object it is given, so a reloaded row's new description shows from the next cycle,
     and a forgotten meter's status key is built afresh."""
     keys = SeriesKeys()
@@ -268,7 +269,7 @@ def test_a_status_line_follows_a_meter_whose_row_changed() -> None:
     assert keys.status_line(moved, status) == status_key(moved) + tail
     keys.forget_except(set())
     assert keys.status_line(meter, status) == status_key(meter) + tail
-    assert keys.for_meter(meter) == {REG.id: series_key(meter, REG)}
+    assert keys.line_prefixes(meter) == {REG.id: line_prefix(series_key(meter, REG))}
 
 
 def test_status_line_fields_are_floats_written_as_python_writes_them() -> None:
@@ -319,7 +320,7 @@ def test_reading_lines_equal_the_straightforward_form(decoded, times):
     regs = {rid: replace(REG, id=rid, measurement=f"m{rid}") for rid in range(1, 5)}
     meter = Meter(3, "gw", 502, 1, DeviceType("sdm 630", tuple(regs.values())), description="a b")
     series = SeriesKeys()
-    keys, prefixes = series.for_meter(meter), series.line_prefixes(meter)
+    keys, prefixes = {r.id: series_key(meter, r) for r in regs.values()}, series.line_prefixes(meter)
     rows = [(index, regs[rid], value) for index, rid, value in decoded]
     assert same_lines(reading_lines(prefixes, rows, times), reference_reading_lines(keys, rows, times))
     once = times[:1] * 4

@@ -119,19 +119,26 @@ def test_a_directory_with_nothing_to_send_is_not_opened_again_until_its_files_ch
     found[0].close()
 
 
+def opening_fails(name: str, error: BaseException):  # type: ignore[no-untyped-def]
+    """poller.spooldirs.Spool patched: opening the directory `name` raises `error`."""
+    real = Spool
+
+    def spool(where, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(where).name == name:
+            raise error
+        return real(where, *args, **kwargs)
+
+    return mock.patch("poller.spooldirs.Spool", spool)
+
+
 def test_a_directory_that_cannot_be_opened_is_said_once_and_the_others_are_found(tmp_path, caplog):
     root = tmp_path / "spool"
     leave(root / "instance-1", batch(1, 2))
     leave(root / "instance-2", batch(2, 2))
-    real = Spool
-
-    def spool(where, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if Path(where).name == "instance-1":
-            raise SpoolError(f"POLL_SPOOL_DIR={where} is not writable (Read-only file system); make it writable")
-        return real(where, *args, **kwargs)
-
+    error = SpoolError(f"POLL_SPOOL_DIR={root / 'instance-1'} is not writable (Read-only file system); make it "
+                       "writable")
     stranded = Stranded(settings_for(root), root / "instance-0")
-    with caplog.at_level(logging.WARNING, "poller"), mock.patch("poller.spooldirs.Spool", spool):
+    with caplog.at_level(logging.WARNING, "poller"), opening_fails("instance-1", error):
         for _ in range(3):
             found = stranded.find()
             assert [s.dir for s in found] == [root / "instance-2"]
@@ -414,14 +421,7 @@ def test_a_failure_while_looking_keeps_no_lock_of_the_directories_opened_before_
     root = tmp_path / "spool"
     leave(root / "instance-1", batch(1, 3))
     leave(root / "instance-2", batch(2, 3))
-    real = Spool
-
-    def spool(where, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if Path(where).name == "instance-2":
-            raise MemoryError("a stray file too large to read (test)")
-        return real(where, *args, **kwargs)
-
-    with mock.patch("poller.spooldirs.Spool", spool), pytest.raises(MemoryError):
+    with opening_fails("instance-2", MemoryError("a stray file too large to read (test)")), pytest.raises(MemoryError):
         Stranded(settings_for(root), root / "instance-0").find()
     assert drain_dir(root / "instance-1") == batch(1, 3)  # opened by find, and free again
 
@@ -437,3 +437,52 @@ def test_slots_are_looked_at_in_their_numbers_order_and_a_stop_ends_the_look(tmp
         s.close()
     stranded.stop()
     assert stranded.find() == []
+
+
+def test_the_service_says_a_failing_look_and_looks_again(tmp_path, monkeypatch, caplog):
+    """A bug in a look (Stranded.find raising) is said once with its traceback; the next look,
+    a minute later or when the leases change, still takes over what it finds."""
+    import asyncio
+    import types
+
+    from poller import __main__ as service
+
+    root = tmp_path / "spool"
+    leave(root / "instance-1", batch(1, 2))
+    settings = settings_for(root)
+    looks: list[int] = []
+    real = Stranded(settings, root / "instance-0")
+
+    class Flaky:
+        def find(self) -> list[Spool]:
+            looks.append(1)
+            if len(looks) == 1:
+                raise RuntimeError("a bug (test)")
+            return real.find()
+
+        def stop(self) -> None:
+            pass
+
+    adopted: list[Spool] = []
+    monkeypatch.setattr(service, "STRANDED_FIRST_S", 0.0)
+    monkeypatch.setattr(service, "STRANDED_EVERY_S", 0.05)
+
+    async def run() -> None:
+        this = types.SimpleNamespace(outbox=types.SimpleNamespace(adopt=lambda s: adopted.append(s) or True),
+                                     look_for_stranded=asyncio.Event())
+        task = asyncio.create_task(service.Service._send_stranded(this, Flaky()))  # type: ignore[arg-type]
+        while not adopted:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.ERROR, "poller"):
+        asyncio.run(asyncio.wait_for(run(), 10))
+    try:
+        assert [s.dir for s in adopted] == [root / "instance-1"]
+    finally:
+        for s in adopted:
+            s.close()
+    failed = [r for r in caplog.records if "looking for spool directories no running instance holds failed"
+              in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
