@@ -83,6 +83,7 @@ class Monitor:
         # each meter's one label set in the two series above, and its two series (children), kept with
         # the Meter object they were made for: looked up once per meter and cycle, not by labels each time
         self._labels: dict[int, tuple[Meter, MeterLabels, Any, Any]] = {}
+        self._up: dict[int, int] = {}  # the value each meter's up series holds: set only when it changes
         self._current: set[int] | None = None  # the meters with series (forget_meters_except); None: all
         self._server: asyncio.Server | None = None
         self._connections = 0
@@ -160,8 +161,12 @@ class Monitor:
                 continue  # another instance holds its bus's lease now: up or not is its to say
             if current is not None and res.meter.id not in current:
                 continue  # forgotten while this cycle polled it (deleted, disabled, its bus given back)
+            meter_id = res.meter.id
             _, _, up, errors = self._meter_series(res.meter)
-            up.set(1 if res.ok else 0)
+            value = 1 if res.ok else 0
+            if self._up.get(meter_id) != value:
+                up.set(value)
+                self._up[meter_id] = value
             if res.errors:
                 errors.inc(res.errors)
 
@@ -179,6 +184,7 @@ class Monitor:
 
     def _remove(self, meter_id: int) -> None:
         key = self._labels.pop(meter_id)[1]
+        self._up.pop(meter_id, None)
         for metric in (self.meter_up, self.meter_errors):
             try:
                 metric.remove(*key)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from poller.cycle import CycleReport, MeterResult
+from poller.modbus import ModbusError
 from poller.model import DataType, DeviceType, FunctionCode, Meter, Register
 from poller.monitor import Monitor
 
@@ -262,6 +263,49 @@ def test_a_configuration_change_drops_changed_and_removed_meters_at_once() -> No
     monitor.forget_meters_except(set())
     assert series(generate_latest(monitor.registry).decode(), "emm_meter_up") == []
 
+
+
+def up_values(text: str) -> dict[str, float]:
+    return {labels: float(v) for labels, v in re.findall(r"^emm_meter_up\{(.*?)\} (\S+)$", text, re.M)}
+
+
+# a step: poll these meters (id, host, ok), or keep only these ids (forget_meters_except)
+STEP = st.one_of(
+    st.lists(st.tuples(st.integers(1, 4), st.sampled_from(["10.0.0.5", "10.0.0.6"]), st.booleans()),
+             min_size=1, max_size=4, unique_by=lambda t: t[0]).map(lambda polls: ("poll", polls)),
+    st.sets(st.integers(1, 4)).map(lambda ids: ("keep", ids)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(STEP, max_size=12))
+def test_each_meters_up_series_says_its_last_poll(steps: list[tuple[str, object]]) -> None:
+    """emm_meter_up is set only when it changes (a thousand meters a cycle): whatever the order of
+    successes, failures, moves to another host and configuration changes, each series present
+    holds its meter's last outcome, under its meter's current labels."""
+    monitor = Monitor(stale_after_s=60)
+    expected: dict[str, float] = {}  # labels -> value
+    current: dict[int, str] = {}  # meter id -> its labels now
+    configured: set[int] | None = None  # the last forget_meters_except's: others' results are not shown
+    for kind, arg in steps:
+        if kind == "poll":
+            results = []
+            for meter_id, host, ok in arg:  # type: ignore[attr-defined]
+                m = meter(host=host, meter_id=meter_id)
+                results.append(MeterResult(meter=m, error=None if ok else ModbusError("no answer")))
+                if configured is not None and meter_id not in configured:
+                    continue
+                labels = f'host="{host}",meter="{meter_id}",slave_address="1",type="sdm"'
+                if current.get(meter_id) not in (None, labels):
+                    expected.pop(current[meter_id])
+                current[meter_id] = labels
+                expected[labels] = 1.0 if ok else 0.0
+            monitor.cycle_done(CycleReport(results=results))
+        else:
+            for meter_id in [i for i in current if i not in arg]:  # type: ignore[operator]
+                expected.pop(current.pop(meter_id))
+            configured = set(arg)  # type: ignore[call-overload]
+            monitor.forget_meters_except(arg)  # type: ignore[arg-type]
+        assert up_values(generate_latest(monitor.registry).decode()) == expected
 
 def test_healthz_goes_stale_when_cycles_stop_after_the_first_one() -> None:
     """200 while cycles complete; 503 once none completed for stale_after_s, also after a first cycle
