@@ -509,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         return check(settings)
+    event_loop.keep_freed_blocks()
     if args.once:
         return event_loop.run(run_once(settings, args.dry_run), settings.event_loop)
     return event_loop.run(Service(settings, args.dry_run).run(), settings.event_loop)

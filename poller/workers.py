@@ -231,6 +231,7 @@ def worker_main(index: int, conn: Connection, fences: Any, options: WorkerOption
     from .logsafe import setup_logging
 
     setup_logging(options.log_level)
+    event_loop.keep_freed_blocks()
     try:
         event_loop.run(_Worker(index, conn, fences, options).serve(), options.event_loop)
     finally:
