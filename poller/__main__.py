@@ -501,6 +501,7 @@ class Service:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
+    event_loop.keep_freed_blocks()  # before the env file: glibc's own settings are read at the start
     load_env_file(args.env_file)
     try:
         settings = from_env()
@@ -509,7 +510,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         return check(settings)
-    event_loop.keep_freed_blocks()
     if args.once:
         return event_loop.run(run_once(settings, args.dry_run), settings.event_loop)
     return event_loop.run(Service(settings, args.dry_run).run(), settings.event_loop)

@@ -22,13 +22,18 @@ GC_YOUNG allocations longer (a few MB at most).
 
 The poller's processes keep the big blocks they free for the next ones (`keep_freed_blocks`).
 Each cycle they make and drop blocks of hundreds of KB: a worker's message of lines, its copy as
-the main process receives it, a batch's body for InfluxDB. glibc's malloc gives each block of
-128 KB or more its own pages from the kernel and hands them back when it is freed, so every one
-was first touched page by page: 270 page faults for a 5,000-line batch's `"\n".join(...).encode()`,
-0.76 ms where the copying itself takes 0.07 ms (bench/README.md). Blocks up to MMAP_MAX now come
-from the heap, which keeps up to TRIM_MAX free before it gives memory back. An operator's own
-MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ (glibc's tunables) is left as it is; other C
-libraries (musl) are left alone.
+the main process receives it, a batch's body for InfluxDB. glibc's malloc gives a block of 128 KB
+or more its own pages from the kernel and hands them back when it is freed; it raises that limit
+after such a free, but gives the top of its heap back beyond twice it, and a batch's body is two
+such blocks at once (the joined text, then its bytes). So each was first touched page by page:
+270 page faults for a 5,000-line batch's `"\n".join(...).encode()`, 0.76 ms where the copying
+itself takes 0.07 ms (bench/README.md). Blocks up to MMAP_MAX now come from the heap, and each of
+malloc's arenas (the main thread's, one a busy thread) keeps up to TRIM_MAX free before it gives
+memory back: after a burst (a backlog sent after an outage) a process may hold a few such
+TRIM_MAX more than before, never more. Left as they are: an operator's own setting of glibc's
+(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, or glibc.malloc in GLIBC_TUNABLES, in the
+process's environment: glibc reads them before the env file is), and C libraries other than
+glibc (musl) or a 32-bit glibc, which refuse these sizes.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ from typing import Any, TypeVar
 
 CHOICES = ("auto", "uvloop", "asyncio")
 GC_YOUNG = 50_000  # allocations between two collections of the young generation (CPython: 700)
-MMAP_MAX = 16 << 20  # freed blocks up to this size stay with the process (glibc: from 128 KB they go back)
-TRIM_MAX = 32 << 20  # free memory at the top of the heap kept before it goes back to the kernel
+MMAP_MAX = 4 << 20  # blocks up to this size come from the heap (glibc: from 128 KB their own pages)
+TRIM_MAX = 8 << 20  # free memory at the top of an arena's heap kept before it goes back to the kernel
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
 
 T = TypeVar("T")
@@ -89,7 +94,8 @@ def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
 def keep_freed_blocks() -> bool:
     """In this process, big blocks freed stay for the next ones (the module's docstring). True when
     glibc's malloc took the setting; False where it is not glibc's, or the operator set glibc's own."""
-    if os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}:
+    if (os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
