@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run_.add_argument("--warmup", type=int, default=3, help="first cycles left out of the timings")
     run_.add_argument("--every-s", type=int, default=1, help="POLL_CRON interval in seconds")
     run_.add_argument("--floor-rounds", type=int, default=5, help="rounds of the bare-pymodbus floor")
+    run_.add_argument("--floor-beside", action="store_true",
+                      help="also run the floor beside each poller run, in the gaps between its cycles, and report "
+                           "the poller's CPU against it (bench/README.md, \"What it does\", 3.)")
     run_.add_argument("--naive-gateways", type=int, default=2,
                       help="gateways whose meters the original sequential design polls (0 = skip)")
     run_.add_argument("--profile-s", type=float, default=0.0,
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                               *(["--out", a.out] if a.out else [])])
     spec = FleetSpec(a.gateways, a.units, a.values, a.latency_ms)
     opts = Options(cycles=a.cycles, warmup=a.warmup, every_s=a.every_s, floor_rounds=a.floor_rounds,
+                   floor_beside=a.floor_beside,
                    naive_gateways=a.naive_gateways, profile_s=a.profile_s, poller_patch=a.poller_patch,
                    compare_patch=a.compare_patch, out=a.out, json_out=a.json_out,
                    framers=("socket", "rtu") if a.framer == "both" else (a.framer,),

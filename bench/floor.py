@@ -10,6 +10,12 @@ transport: Modbus TCP for 'tcp', pymodbus's RTU framer (FramerType.RTU) for
 line: the wall time of each round and the CPU time (user + system) of this
 process per round and per reading.
 
+    python -m bench.floor --paced-s 1 --rounds 30
+
+The same rounds beside a running poller that polls every that many seconds: each as late in a
+slot of its schedule as it fits (`paced_start`), in the gaps between the poller's cycles
+(bench/run.py starts it with each poller run and keeps the rounds of the measured cycles).
+
     python -m bench.floor --lean --rounds 5
 
 The lean client: the same requests, encoded before the clock starts, written to a bare
@@ -45,6 +51,9 @@ from poller.store import load_configuration
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 # pymodbus's framing for each transport the bench serves (bench.fleet --framer)
+# beside a poller (--paced-s): a round starts as late in a slot as it fits, but not before this far
+# into it, after the poller's cycle and its writes (0.15 and 0.5 s into a 1 s slot on the reference fleet)
+PACED_AT = 0.6
 FRAMERS = {Transport.TCP: FramerType.SOCKET, Transport.RTU_OVER_TCP: FramerType.RTU}
 Endpoint = tuple[str, int, Transport]  # host, port, transport
 
@@ -84,33 +93,74 @@ def planned_requests() -> tuple[dict[Endpoint, list[tuple[int, ReadBlock]]], int
     return by_endpoint, readings
 
 
-async def timed_rounds(rounds: int, gateway: Callable[[Endpoint], Awaitable[None]],
-                       by_endpoint: dict[Endpoint, list[tuple[int, ReadBlock]]], readings: int) -> dict[str, object]:
-    """A warm-up round (first requests, lazy imports), then `rounds` timed ones: every gateway in parallel."""
+def slot_bounds(now: float, every_s: float) -> tuple[float, float]:
+    """The poller's schedule slot (a POLL_CRON every `every_s` seconds: second 0 of each minute,
+    then every `every_s` within it) that `now` is in: its start and the next slot's start."""
+    minute = now - now % 60
+    k = int((now - minute) // every_s)
+    start = minute + k * every_s
+    return start, min(start + every_s, minute + 60)
 
-    async def one_round() -> float:
+
+def paced_start(now: float, every_s: float, wall_s: float) -> float:
+    """When to start a round of about `wall_s` beside the poller: as late in a slot as it fits with
+    a margin (the poller's cycle and its writes come at the slot's start), at the earliest
+    PACED_AT of the way in; the first such instant not before `now`."""
+    slot, end = slot_bounds(now, every_s)
+    while True:
+        start = max(slot + PACED_AT * (end - slot), end - 1.3 * wall_s - 0.02)
+        if start >= now:
+            return start
+        slot, end = slot_bounds(end + 1e-6, every_s)
+
+
+async def timed_rounds(rounds: int, gateway: Callable[[Endpoint], Awaitable[None]],
+                       by_endpoint: dict[Endpoint, list[tuple[int, ReadBlock]]], readings: int,
+                       paced_s: float = 0.0) -> dict[str, object]:
+    """A warm-up round (first requests, lazy imports), then `rounds` timed ones: every gateway in parallel.
+
+    `paced_s`: the rounds go beside a poller polling every `paced_s` seconds (`paced_start`), in the
+    gaps between its cycles, so both are measured on the machine as it was then; each round's start
+    (wall clock) is reported, and the rounds that ran into the next slot (`late_rounds`)."""
+    wall_guess = paced_s  # the warm-up round at PACED_AT of its slot: its length is not known yet
+
+    async def one_round() -> tuple[float, float, float]:
+        if paced_s > 0:
+            now = time.time()
+            await asyncio.sleep(paced_start(now, paced_s, wall_guess) - now)
+        at = time.time()
+        cpu0 = cpu_s()
         started = time.perf_counter()
         await asyncio.gather(*(gateway(ep) for ep in by_endpoint))
-        return time.perf_counter() - started
+        return at, time.perf_counter() - started, cpu_s() - cpu0
 
-    await one_round()
-    walls = []
-    cpu0 = cpu_s()
+    _, wall_guess, _ = await one_round()
+    starts, walls, cpus = [], [], []
+    late = 0
     for _ in range(rounds):
-        walls.append(await one_round())
-    cpu = (cpu_s() - cpu0) / rounds
+        at, wall, cpu_round = await one_round()
+        starts.append(at)
+        walls.append(wall)
+        cpus.append(cpu_round)
+        wall_guess = max(walls[-5:])
+        late += paced_s > 0 and at + wall > slot_bounds(at, paced_s)[1]
+    cpu = sum(cpus) / rounds
     return {
         "rounds": rounds,
+        "paced_s": paced_s,
         "requests_per_round": sum(len(v) for v in by_endpoint.values()),
         "readings_per_round": readings,
         "wall_s": statistics.median(walls),
         "wall_min_s": min(walls),
         "cpu_s_per_round": cpu,
         "cpu_us_per_reading": cpu / readings * 1e6 if readings else 0.0,
+        "round_starts": starts,
+        "cpu_s_rounds": cpus,
+        "late_rounds": late,
     }
 
 
-async def run(rounds: int) -> dict[str, object]:
+async def run(rounds: int, paced_s: float = 0.0) -> dict[str, object]:
     by_endpoint, readings = planned_requests()
     clients = {ep: client_for(*ep) for ep in by_endpoint}
     await asyncio.gather(*(c.connect() for c in clients.values()))
@@ -125,7 +175,7 @@ async def run(rounds: int) -> dict[str, object]:
             if reply.isError():
                 raise RuntimeError(f"{ep} unit {unit} {block}: {reply}")
 
-    result = await timed_rounds(rounds, gateway, by_endpoint, readings)
+    result = await timed_rounds(rounds, gateway, by_endpoint, readings, paced_s)
     for c in clients.values():
         c.close()
     return {**result, "transports": sorted({ep[2].value for ep in by_endpoint})}
@@ -186,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--lean", action="store_true", help="the lean client instead of bare pymodbus")
+    p.add_argument("--paced-s", type=float, default=0.0,
+                   help="beside a poller polling every this many seconds: each round late in a slot of its schedule")
     a = p.parse_args(argv)
     if a.lean:
         print(json.dumps(event_loop.run(run_lean(a.rounds), "auto")), flush=True)
     else:
-        print(json.dumps(asyncio.run(run(a.rounds))), flush=True)
+        print(json.dumps(asyncio.run(run(a.rounds, a.paced_s))), flush=True)
     return 0
 
 

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from virtual_server.server import Framer
 
 from . import profile
 from .fleet import TRANSPORTS, FleetSpec, seed_sql
+from .floor import PACED_AT
 from .naive import run_naive
 from .proc import proc_children, proc_cpu_s, proc_mem_kb, say
 
@@ -50,6 +52,7 @@ class Options:
     warmup: int = 3
     every_s: int = 1
     floor_rounds: int = 5
+    floor_beside: bool = False
     naive_gateways: int = 2
     profile_s: float = 0.0
     poller_patch: str | None = None
@@ -121,6 +124,19 @@ def poller_tree(patch: str | None, work: Path) -> Path:
     return tree
 
 
+def _beside(floor: dict[str, Any], since: float, until: float) -> dict[str, Any]:
+    """The floor beside a poller run, from its rounds that started within the poller's measured
+    cycles (wall clock `since`..`until`); all its rounds should none have."""
+    per_round = float(floor["readings_per_round"]) / 1e6
+    rounds = [(at, cpu) for at, cpu in zip(floor["round_starts"], floor["cpu_s_rounds"], strict=True)
+              if since <= at <= until] or list(zip(floor["round_starts"], floor["cpu_s_rounds"], strict=True))
+    cpus = [cpu for _, cpu in rounds]
+    return {"floor_beside_cpu_us_per_reading": sum(cpus) / len(cpus) / per_round if per_round else 0.0,
+            "floor_beside_rounds": len(cpus), "floor_beside_wall_s": floor["wall_s"],
+            "floor_beside_late_rounds": floor["late_rounds"],
+            "floor_beside_rounds_us": [round(cpu / per_round, 3) for cpu in cpus] if per_round else []}
+
+
 def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opts: Options,
                work: Path, vm: BenchVictoriaMetrics, stored_before: int, workers: int | None = None) -> dict[str, Any]:
     log_path = work / f"poller-{label}.log"
@@ -140,10 +156,19 @@ def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opt
     deadline = time.monotonic() + opts.cycles * opts.every_s * 4 + 60
     pos = 0
     profile_file = None
+    beside: subprocess.Popen[str] | None = None
     try:
+        # the floor beside it: its rounds in the gaps between the poller's cycles, so that the two are
+        # measured on the machine as it was at the same time (bench/README.md, "What it does", 3.)
+        if opts.floor_beside:
+            beside = subprocess.Popen([sys.executable, "-m", "bench.floor", "--paced-s", str(opts.every_s),
+                                       "--rounds", str(opts.cycles + 3)], cwd=ROOT, env=project_env(env),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         while len(samples) < opts.cycles:
             if proc.poll() is not None:
                 raise RuntimeError(f"poller exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            if beside is not None and beside.poll() not in (None, 0):
+                raise RuntimeError(f"bench.floor --paced-s failed: {beside.communicate()[1][-3000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(samples)} cycles in time:\n{log_path.read_text()[-3000:]}")
             with open(log_path, "rb") as f:
@@ -155,12 +180,18 @@ def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opt
                 fields = parse_cycle(raw)
                 if fields is not None:
                     rss, hwm = proc_mem_kb(proc.pid)
-                    samples.append({"t": time.monotonic(), "cpu_s": proc_cpu_s(proc.pid),
+                    samples.append({"t": time.monotonic(), "wall": time.time(), "cpu_s": proc_cpu_s(proc.pid),
                                     "cpu_main_s": proc_cpu_s(proc.pid, children=False), "rss_kb": rss,
                                     "hwm_kb": hwm, **fields})
                     if len(samples) % 10 == 0 or len(samples) <= 3:
                         say(f"[{label}] cycle {len(samples)}: {raw.split('cycle: ', 1)[1]}")
             time.sleep(0.02)
+        floor_beside = None
+        if beside is not None:
+            out, err = beside.communicate(timeout=opts.every_s * 6 + 60)
+            if beside.returncode != 0:
+                raise RuntimeError(f"bench.floor --paced-s failed: {err[-3000:]}")
+            floor_beside = json.loads(out.strip().splitlines()[-1])
         hwm_kb = proc_mem_kb(proc.pid)[1]
         tree_kb = sum(proc_mem_kb(c)[0] for c in [proc.pid, *proc_children(proc.pid)])
         if opts.profile_s > 0:
@@ -174,6 +205,9 @@ def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opt
                             "-o", str(profile_file)],
                            check=True, capture_output=True, timeout=opts.profile_s + 60)
     finally:
+        if beside is not None and beside.poll() is None:  # the run failed before the floor was done
+            beside.kill()
+            beside.communicate()
         rc = stop_process(proc, timeout=60)
     text = log_path.read_text(errors="replace")
     all_cycles = [c for c in map(parse_cycle, text.splitlines()) if c is not None]
@@ -217,6 +251,9 @@ def run_poller(label: str, tree: Path, env: dict[str, str], spec: FleetSpec, opt
         "rss_end_mb": last["rss_kb"] / 1024,
         "rss_growth_pct": 100.0 * (last["rss_kb"] - first["rss_kb"]) / first["rss_kb"],
         "log": str(log_path),
+        **(_beside(floor_beside, first["wall"], last["wall"]) if floor_beside is not None else {}),
+        "cpu_cycles_us": [round((b["cpu_s"] - a["cpu_s"]) / max(1, b["readings"]) * 1e6, 3)
+                          for a, b in pairwise(w)],
     }
     if profile_file is not None and profile_file.exists():
         result["profile"] = profile.summarise(profile_file)
@@ -409,6 +446,13 @@ def _measure(spec: FleetSpec, opts: Options, work: Path, env: dict[str, str], pg
         res["cycle_vs_bound"] = res["cycle_s"] / lower_bound
         res["cycle_vs_network_bound"] = res["cycle_s"] / network_bound
         res["cpu_vs_floor"] = res["cpu_us_per_reading"] / floor["cpu_us_per_reading"]
+        if opts.floor_beside:
+            beside = res["floor_beside_cpu_us_per_reading"]
+            res["cpu_vs_floor_beside"] = res["cpu_us_per_reading"] / beside if beside > 0 else None
+            # a cycle (p95) running past PACED_AT of the interval, or a round into the next slot, may have
+            # shared the machine with it
+            res["floor_beside_overlap"] = (res["cycle_p95_s"] > PACED_AT * opts.every_s
+                                           or res["floor_beside_late_rounds"] > 0)
         res["cycle_vs_lean"] = res["cycle_s"] / lean["wall_s"]
         res["patch"] = patch
         res["framer"] = framer
@@ -520,6 +564,12 @@ def _fleet_report(spec: FleetSpec, r: dict[str, Any], cols: list[tuple[str, dict
     row("CPU per reading (poller process)", "cpu_us_per_reading", "{:.2f} us",
         f"{r['floor_cpu_us_per_reading']:.2f} us", "<= 1.5 x floor")
     row("CPU / bare-pymodbus floor", "cpu_vs_floor", "{:.2f} x", "", "<= 1.5")
+    if any("floor_beside_cpu_us_per_reading" in v for _, v in cols):  # --floor-beside
+        overlap = any(v.get("floor_beside_overlap") for _, v in cols)
+        row("bare-pymodbus floor beside it, between its cycles" + (" (MAY OVERLAP: cycles past "
+            f"{PACED_AT:g} of the interval, or its rounds into the next)" if overlap else ""),
+            "floor_beside_cpu_us_per_reading", "{:.2f} us")
+        row("CPU / the floor beside it", "cpu_vs_floor_beside", "{:.2f} x")
     row("CPU per reading, main process alone", "cpu_main_us_per_reading", "{:.2f} us")
     row("CPU per cycle", "cpu_s_per_cycle", "{:.3f} s", f"{r['floor_cpu_s']:.3f} s")
     row("readings per second sustained", "readings_per_s", "{:,.0f}", "", ">= 25,000")

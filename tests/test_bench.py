@@ -19,7 +19,7 @@ from tests.servers import ROOT
 
 REQUIRED = ["cycle_s", "lower_bound_s", "naive_s", "network_bound_s", "naive_registers", "cpu_us_per_reading",
             "floor_cpu_us_per_reading", "lean_wall_s", "lean_cpu_us_per_reading", "readings", "readings_per_s",
-            "rss_mb", "rss_growth_pct"]
+            "rss_mb", "rss_growth_pct", "floor_beside_cpu_us_per_reading"]
 
 
 def test_small_fleet_runs_and_reports_complete_json_for_tcp_and_rtu_over_tcp(tmp_path):
@@ -27,7 +27,7 @@ def test_small_fleet_runs_and_reports_complete_json_for_tcp_and_rtu_over_tcp(tmp
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--gateways", str(gateways), "--units", str(units), "--values", str(values),
          "--cycles", str(cycles), "--warmup", "1", "--floor-rounds", "2", "--naive-gateways", "1",
-         "--framer", "both", "--out", str(tmp_path)],
+         "--framer", "both", "--floor-beside", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     top = json.loads(done.stdout.strip().splitlines()[-1])
@@ -58,8 +58,10 @@ def _check_fleet(result, gateways, units, values, cycles):
     for key in ("cycle_s", "readings_per_s", "rss_mb", "naive_s"):
         assert result[key] > 0, key
     # CPU is read from /proc in clock ticks (10 ms): a tiny fleet may use less than one
-    for key in ("cpu_us_per_reading", "floor_cpu_us_per_reading"):
+    for key in ("cpu_us_per_reading", "floor_cpu_us_per_reading", "floor_beside_cpu_us_per_reading"):
         assert isinstance(result[key], (int, float)) and result[key] >= 0, key
+    # --floor-beside: the rounds taken are those within the poller's measured cycles, one a cycle at most
+    assert 1 <= result["floor_beside_rounds"] <= result["cycles_measured"] + 1
 
 
 # ---------------------------------------------------------------------------
