@@ -14,17 +14,15 @@ from pathlib import Path
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 # (component, path fragment), first match from the leaf up wins; stdlib frames
-# are skipped so that gzip under influxdb_client counts as the write, and
+# are skipped so that http.client under the sink counts as the write, and
 # asyncio's transport under pymodbus as pymodbus.
 COMPONENTS = [
     ("pymodbus (requests, framing)", "pymodbus/"),
-    ("InfluxDB write (influxdb_client, urllib3, gzip)", "influxdb_client/"),
-    ("InfluxDB write (influxdb_client, urllib3, gzip)", "urllib3/"),
     ("config load (psycopg2, store)", "psycopg2/"),
     ("config load (psycopg2, store)", "poller/store.py"),
     ("config load (psycopg2, store)", "poller/config.py"),
     ("decode", "poller/decode.py"),
-    ("line protocol", "poller/sink.py"),
+    ("line protocol and the InfluxDB write", "poller/sink.py"),
     ("planning", "poller/plan.py"),
     ("poller cycle/modbus glue", "poller/cycle.py"),
     ("poller cycle/modbus glue", "poller/modbus.py"),

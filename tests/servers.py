@@ -581,7 +581,7 @@ class HttpThread:
 class InfluxV2Bridge:
     """The InfluxDB v2 write API in front of an InfluxDB1: `POST /api/v2/write?org=&bucket=&precision=`
     is forwarded to 1.x's `/write?db=<bucket>&precision=` and 1.x's status and body are returned,
-    so the poller (influxdb-client, v2 API) writes through the strict 1.x parser. `GET /health`
+    so the poller (its v2 API client, poller/sink.py) writes through the strict 1.x parser. `GET /health`
     and `GET /ping` answer as InfluxDB 2 does. `requests` counts the writes forwarded."""
 
     def __init__(self, influx: InfluxDB1) -> None:

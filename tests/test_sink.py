@@ -372,7 +372,7 @@ def test_every_kind_of_float_is_stored_exactly_by_influxdb(influx: InfluxDB1) ->
 
 
 def test_influx_sink_writes_through_the_v2_bridge(influx: InfluxDB1) -> None:
-    """influxdb-client's v2 write API -> InfluxV2Bridge -> the strict 1.x parser, both ways."""
+    """InfluxSink -> InfluxV2Bridge (the v2 write API) -> the strict 1.x parser, both ways."""
     influx.create_database("bridged")
     with InfluxV2Bridge(influx) as bridge:
         env = bridge.env("bridged")
@@ -396,7 +396,7 @@ def test_influx_sink_writes_through_the_v2_bridge(influx: InfluxDB1) -> None:
 # --------------------------------------------------------------------------- InfluxSink's answers
 # A stand-in for InfluxDB's /api/v2/write in this process (a thread, nothing to start): it answers
 # as told and keeps each request as it arrived, so the answers a real server gives only in bad
-# times (503 with Retry-After, 429, 408, 401 ...) are tried through the real influxdb-client.
+# times (503 with Retry-After, 429, 408, 401 ...) are tried through InfluxSink's own HTTP client.
 
 
 @dataclass
@@ -405,6 +405,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    client: tuple[str, int]  # the connection it came on
 
 
 class Answering:
@@ -413,6 +414,7 @@ class Answering:
     def __init__(self) -> None:
         self.reply: tuple[int, dict[str, str], bytes] = (204, {}, b"")  # one attribute: read at once
         self.requests: list[Request] = []
+        self.hang_up = False  # close each connection after its answer, without saying so (an idle timeout)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -422,13 +424,15 @@ class Answering:
                 url = urlsplit(self.path)
                 status, headers, body = outer.reply
                 outer.requests.append(Request(url.path, parse_qs(url.query), dict(self.headers),
-                                              self.rfile.read(int(self.headers["Content-Length"]))))
+                                              self.rfile.read(int(self.headers["Content-Length"])),
+                                              self.client_address))
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                self.close_connection = outer.hang_up
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -552,22 +556,44 @@ def test_retry_after_dates_in_every_form_are_read_in_their_zone(form: str) -> No
     assert seconds is not None and 590 <= seconds <= 600, seconds
 
 
-def test_a_write_waits_10_s_by_default_and_timeout_s_is_handed_to_the_client_in_ms(monkeypatch) -> None:
+def test_a_write_waits_10_s_by_default_and_timeout_s_is_each_connections() -> None:
     """The poller's sink (make_outbox) uses the default: a write to a hung InfluxDB gives up after
-    10 s; influxdb-client counts its timeout in milliseconds."""
-    import influxdb_client
+    10 s (the wait itself: test_a_write_gives_up_after_its_timeout_once_the_outbox_retries_not_the_client)."""
+    for sink, seconds in ((InfluxSink("http://127.0.0.1:9", "t", "emm", "energy"), 10.0),
+                          (InfluxSink("https://127.0.0.1:9", "t", "emm", "energy", timeout_s=2.5), 2.5)):
+        assert sink._connection().timeout == seconds
+        sink.close()
 
-    timeouts = []
 
-    class Recording(influxdb_client.InfluxDBClient):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            timeouts.append(kwargs["timeout"])
-            super().__init__(*args, **kwargs)
+def test_batches_share_one_connection_and_one_the_server_closed_meanwhile_is_no_outage(
+        answering: Answering, sink: InfluxSink) -> None:
+    """One connection for every batch while the server keeps it open (no handshake a batch); when
+    InfluxDB or a proxy closed it while it was idle, the next batch opens another and is written,
+    no outage said (a 5-minute schedule outlives most idle timeouts)."""
+    for _ in range(3):
+        sink.write(LINES)
+    assert len({r.client for r in answering.requests}) == 1
+    answering.hang_up = True
+    sink.write(LINES)  # answered, then the server hangs up
+    time.sleep(0.2)
+    answering.hang_up = False
+    sink.write(LINES)
+    sink.write(LINES)
+    assert len(answering.requests) == 6 and len({r.client for r in answering.requests}) == 2
 
-    monkeypatch.setattr(influxdb_client, "InfluxDBClient", Recording)
-    InfluxSink("http://127.0.0.1:9", "t", "emm", "energy").close()
-    InfluxSink("http://127.0.0.1:9", "t", "emm", "energy", timeout_s=2.5).close()
-    assert timeouts == [10_000, 2_500]
+
+def test_an_influxdb_url_with_a_path_writes_below_it(answering: Answering) -> None:
+    """INFLUXDB_URL=http://proxy/influx/ (InfluxDB behind a reverse proxy): the write goes to
+    /influx/api/v2/write; an empty token sends no Authorization header."""
+    sink = InfluxSink(answering.url + "/influx/", "", "my org", "b&b")
+    try:
+        sink.write(LINES)
+    finally:
+        sink.close()
+    (request,) = answering.requests
+    assert request.path == "/influx/api/v2/write"
+    assert request.query == {"org": ["my org"], "bucket": ["b&b"], "precision": ["ms"]}
+    assert "Authorization" not in request.headers
 
 
 def test_an_influxdb_nobody_answers_at_is_an_outage_that_names_the_cause() -> None:
@@ -581,15 +607,15 @@ def test_an_influxdb_nobody_answers_at_is_an_outage_that_names_the_cause() -> No
     finally:
         sink.close()
     message = str(down.value)
-    assert message.startswith(f"InfluxDB at http://127.0.0.1:{port} is unreachable (NewConnectionError: ")
+    assert message.startswith(f"InfluxDB at http://127.0.0.1:{port} is unreachable (ConnectionRefusedError: ")
     assert "Connection refused" in message and message.endswith("); 3 points not written")
     assert down.value.retryable and down.value.retry_after is None
 
 
 def test_a_tls_handshake_that_fails_is_an_outage_not_a_refusal(answering: Answering) -> None:
-    """Regression (found by the mutation check): influxdb-client reports a TLS failure as an
-    ApiException with status 0; it was taken for a refusal (not retryable), and the outbox put
-    the batch in the dead-letter file, where README's table puts only 4xx answers."""
+    """Regression (found by the mutation check, when the client was influxdb-client, which reported a
+    TLS failure as an answer with status 0): it was taken for a refusal (not retryable), and the
+    outbox put the batch in the dead-letter file, where README's table puts only 4xx answers."""
     url = answering.url.replace("http://", "https://")  # TLS spoken to a plain-HTTP server
     sink = InfluxSink(url, "t", "emm", "energy", timeout_s=5)
     try:
@@ -606,7 +632,7 @@ def test_a_tls_handshake_that_fails_is_an_outage_not_a_refusal(answering: Answer
 
 def test_a_write_gives_up_after_its_timeout_once_the_outbox_retries_not_the_client() -> None:
     """A host that never completes the connection: one write waits `timeout_s` once and reports an
-    outage, so the outbox can spool and back off; influxdb-client does not retry on its own."""
+    outage, so the outbox can spool and back off; the sink does not retry on its own."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
