@@ -602,7 +602,7 @@ class Outbox:
             self._outage = _Outage(now)
             spool = self.spool
             assert spool is not None
-            waiting = self._memory_points + spool.pending_points
+            waiting = self._memory_points + sum(sp.pending_points for sp in (spool, *self._adopted))
             self._say(logging.ERROR, "InfluxDB at %s unreachable: spooling to %s; %d points waiting (%s)",
                       self.url, spool.dir, waiting, error)
             if self._backlog is None:

@@ -255,8 +255,9 @@ class Spool:
     """
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 512 * MIB,
-                 segment_bytes: int | None = None) -> None:
+                 segment_bytes: int | None = None, *, taken_over: bool = False) -> None:
         self.dir = Path(directory).absolute()
+        self._taken_over = taken_over  # another instance's, left behind (spooldirs): the outbox says so
         self.max_bytes = max_bytes
         # The size bound works in whole segments: 1/64 of it, so evicting frees little at a time.
         wanted = segment_bytes or min(max(max_bytes // 64, 64 * 1024), 16 * MIB)
@@ -369,9 +370,10 @@ class Spool:
         chain.done()
         if unlinked:
             self._fsync_dir()
-        if self._segments:
-            log.info("spool %s: %d points in %d segment(s) from an earlier run; they are sent first",
-                     self.dir, sum(s.pending_points for s in self._segments), len(self._segments))
+        if self._segments:  # a spool taken over is announced by the outbox that sends it, not before its own
+            log.log(logging.DEBUG if self._taken_over else logging.INFO,
+                    "spool %s: %d points in %d segment(s) from an earlier run; they are sent first",
+                    self.dir, sum(s.pending_points for s in self._segments), len(self._segments))
 
     def _read_entry(self, path: Path) -> bytes | None:
         """A segment file's bytes; None (logged, counted) for what cannot be one of ours or be read."""

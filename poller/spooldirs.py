@@ -88,7 +88,7 @@ class Stranded:
                 return None
             if self._nothing.get(where) == files:
                 return None
-            other = Spool(where, self.max_bytes)
+            other = Spool(where, self.max_bytes, taken_over=True)
         except SpoolInUse:
             return None
         except (SpoolError, OSError) as exc:
