@@ -258,8 +258,9 @@ class InfluxSink:
         self._conn: http.client.HTTPConnection | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
-        """The open connection, or a new one when there is none or the server closed it meanwhile
-        (an idle keep-alive connection InfluxDB or a proxy dropped: not an outage)."""
+        """The connection to write on. One the server closed while it was idle (InfluxDB's or a
+        proxy's idle timeout: not an outage) is closed here too, and http.client opens it again
+        for the request."""
         conn = self._conn
         if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
             conn.close()
