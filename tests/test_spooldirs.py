@@ -495,3 +495,38 @@ def test_the_service_says_a_failing_look_and_looks_again(tmp_path, monkeypatch, 
     failed = [r for r in caplog.records if "looking for spool directories no running instance holds failed"
               in r.getMessage()]
     assert len(failed) == 1 and failed[0].exc_info is not None
+
+
+def test_counter_history_is_read_from_every_slot_and_a_volume_that_cannot_be_listed_is_said(tmp_path, monkeypatch,
+                                                                                            caplog):
+    """Service._counter_history (a bus new here): the counter state files of POLL_SPOOL_DIR and
+    of each slot are handed to the poller; when the volume cannot be listed it says so once, and
+    the meters' counters start without history (nothing raised into the cycle)."""
+    import asyncio
+    import types
+
+    from poller import __main__ as service
+
+    root = tmp_path / "spool"
+    for where in (root, root / "instance-0", root / "instance-1"):
+        where.mkdir(parents=True, exist_ok=True)
+    (root / "counters.json").write_text("{}")
+    (root / "instance-0" / "counters-worker-1.json").write_text("{}")
+    (root / "instance-1" / "counters.json").write_text("{}")
+    loaded: list[tuple[list[Path], list[int]]] = []
+    this = types.SimpleNamespace(settings=types.SimpleNamespace(spool_dir=str(root)),
+                                 poller=types.SimpleNamespace(load_counter_history=lambda f, i: loaded.append((f, i))))
+    asyncio.run(service.Service._counter_history(this, [4, 5]))  # type: ignore[arg-type]
+    assert loaded == [([root / "counters.json", root / "instance-0" / "counters-worker-1.json",
+                        root / "instance-1" / "counters.json"], [4, 5])]
+
+    def unlistable(where: Path) -> list[Path]:
+        raise PermissionError(errno.EACCES, "Permission denied", str(where))
+
+    monkeypatch.setattr(service, "spool_dirs", unlistable)
+    with caplog.at_level(logging.WARNING, "poller"):
+        asyncio.run(service.Service._counter_history(this, [6]))  # type: ignore[arg-type]
+    assert len(loaded) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"counter state under {root} cannot be listed (Permission denied): the counters of 1 meter(s) new here "
+        "start without history"]
