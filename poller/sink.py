@@ -260,7 +260,8 @@ class InfluxSink:
     def _connection(self) -> http.client.HTTPConnection:
         """The connection to write on. One the server closed while it was idle (InfluxDB's or a
         proxy's idle timeout: not an outage) is closed here too, and http.client opens it again
-        for the request."""
+        for the request (one it closes at the very moment of the write fails it: an outage like
+        any other, retried by the outbox)."""
         conn = self._conn
         if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
             conn.close()

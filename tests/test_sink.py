@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import select
 import socket
 import struct
 import time
@@ -423,6 +424,7 @@ class Answering:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 url = urlsplit(self.path)
                 status, headers, body = outer.reply
+                hang_up = outer.hang_up  # read before the answer: once it is sent, the test goes on
                 outer.requests.append(Request(url.path, parse_qs(url.query), dict(self.headers),
                                               self.rfile.read(int(self.headers["Content-Length"])),
                                               self.client_address))
@@ -432,7 +434,7 @@ class Answering:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-                self.close_connection = outer.hang_up
+                self.close_connection = hang_up
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -575,7 +577,8 @@ def test_batches_share_one_connection_and_one_the_server_closed_meanwhile_is_no_
     assert len({r.client for r in answering.requests}) == 1
     answering.hang_up = True
     sink.write(LINES)  # answered, then the server hangs up
-    time.sleep(0.2)
+    assert sink._conn is not None and sink._conn.sock is not None
+    assert select.select([sink._conn.sock], [], [], 10)[0]  # its hang-up has reached this end
     answering.hang_up = False
     sink.write(LINES)
     sink.write(LINES)
