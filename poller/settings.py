@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import loop
 from .schedule import CronError, validate_cron
@@ -91,6 +92,13 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     url = get("INFLUXDB_URL", Settings.influxdb_url)
     if not url.startswith(("http://", "https://")):
         raise SettingsError(f"INFLUXDB_URL={url!r} must start with http:// or https://")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number in 0..65535
+    except ValueError as exc:
+        raise SettingsError(f"INFLUXDB_URL={url!r} is not a URL InfluxDB can be reached at ({exc})") from None
+    if not parts.hostname:
+        raise SettingsError(f"INFLUXDB_URL={url!r} names no host")
     try:  # schedule.py owns cron: 5 or 6 fields, croniter-valid, and it must fire
         poll_cron = validate_cron(get("POLL_CRON", DEFAULT_POLL_CRON), "POLL_CRON")
     except CronError as exc:

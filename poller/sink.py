@@ -246,7 +246,7 @@ class InfluxSink:
         parts = urlsplit(url)
         self.url, self.bucket = url, bucket
         self._tls = parts.scheme == "https"
-        self._address = (parts.hostname or "", parts.port)
+        self._address = (parts.hostname or "", parts.port or (443 if self._tls else 80))  # http://[::1] too
         self.timeout_s = timeout_s
         # `<url>` may carry a path (InfluxDB behind a reverse proxy at /influx)
         self._path = (parts.path.rstrip("/") + "/api/v2/write?"
@@ -281,7 +281,10 @@ class InfluxSink:
         body = "\n".join(lines).encode("utf-8")
         try:
             conn = self._connection()
-            conn.request("POST", self._path, body, self._headers)
+            try:
+                conn.request("POST", self._path, body, self._headers)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # it stopped reading: it may have answered first (a 401, a 413), which says more
             answer = conn.getresponse()
             text = answer.read()
             if answer.will_close:

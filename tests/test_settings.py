@@ -107,6 +107,20 @@ def test_an_influxdb_url_without_http_is_named(url):
         from_env({"INFLUXDB_URL": url})
 
 
+@pytest.mark.parametrize(("url", "why"), [("http://influxdb:80x", "Port could not be cast"),
+                                          ("https://influxdb:99999", "Port out of range"),
+                                          ("http://", "names no host"), ("https://:8086/influx", "names no host")])
+def test_an_influxdb_url_with_a_bad_port_or_no_host_is_named(url, why):
+    """Said at the start as a setting, not a traceback from the sink (nor an outage for ever)."""
+    with pytest.raises(SettingsError, match=rf"^INFLUXDB_URL={re.escape(repr(url))} .*{why}"):
+        from_env({"INFLUXDB_URL": url})
+
+
+@pytest.mark.parametrize("url", ["http://[::1]:8086/influx", "https://[2001:db8::1]", "http://influxdb"])
+def test_an_influxdb_url_with_a_host_and_a_port_or_none_is_taken(url):
+    assert from_env({"INFLUXDB_URL": url}).influxdb_url == url
+
+
 @pytest.mark.parametrize("cron", ["every minute", "* * *", "61 * * * *", "* * * * * * * *"])
 def test_a_malformed_poll_cron_is_named(cron):
     with pytest.raises(SettingsError, match=rf"^POLL_CRON {re.escape(repr(cron))} "):

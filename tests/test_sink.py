@@ -9,6 +9,7 @@ import random
 import select
 import socket
 import struct
+import threading
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -583,6 +584,50 @@ def test_batches_share_one_connection_and_one_the_server_closed_meanwhile_is_no_
     sink.write(LINES)
     sink.write(LINES)
     assert len(answering.requests) == 6 and len({r.client for r in answering.requests}) == 2
+
+
+@pytest.mark.parametrize(("url", "host", "port"), [
+    ("http://[::1]", "::1", 80), ("https://[2001:db8::1]/influx", "2001:db8::1", 443),
+    ("http://[fd00::abcd]:8086", "fd00::abcd", 8086), ("https://influx.example", "influx.example", 443)])
+def test_a_url_without_a_port_takes_the_schemes(url: str, host: str, port: int) -> None:
+    """An IPv6 address without a port is not cut at its last colon (http.client's reading of a
+    host with no port)."""
+    sink = InfluxSink(url, "t", "emm", "energy")
+    conn = sink._connection()
+    assert (conn.host, conn.port) == (host, port)
+    sink.close()
+
+
+def test_an_answer_given_before_the_body_was_read_is_taken_not_an_outage() -> None:
+    """A server (or a proxy) that refuses a batch from its headers (a bad token: 401, too large:
+    413), answers and closes while the body is still being sent: its answer counts, so the batch
+    goes where README's table says, not into retries for ever."""
+    answer = (b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\nContent-Length: 18\r\n"
+              b"Connection: close\r\n\r\n{\"code\":\"too big\"}")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                seen = b""
+                while b"\r\n\r\n" not in seen:
+                    seen += conn.recv(65536)
+                conn.sendall(answer)  # and close, the body unread
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        sink = InfluxSink(f"http://127.0.0.1:{listener.getsockname()[1]}", "t", "emm", "energy", timeout_s=10)
+        lines = [f"voltage_l1,host=gw,meter={i} value=230.5 1700000000123" for i in range(300_000)]  # 15 MB
+        try:
+            with pytest.raises(WriteError) as refused:
+                sink.write(lines)
+        finally:
+            sink.close()
+            server.join(10)
+    assert not refused.value.retryable, refused.value
+    assert "refused 300000 points: HTTP 413 Request Entity Too Large" in str(refused.value)
 
 
 def test_an_influxdb_url_with_a_path_writes_below_it(answering: Answering) -> None:
