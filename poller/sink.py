@@ -244,7 +244,7 @@ class InfluxSink:
 
     def __init__(self, url: str, token: str, org: str, bucket: str, timeout_s: float = 10.0) -> None:
         parts = urlsplit(url)
-        self.url, self.bucket = url, bucket
+        self.url = url
         self._tls = parts.scheme == "https"
         self._address = (parts.hostname or "", parts.port or (443 if self._tls else 80))  # http://[::1] too
         self.timeout_s = timeout_s

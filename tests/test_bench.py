@@ -42,6 +42,20 @@ def test_small_fleet_runs_and_reports_complete_json_for_tcp_and_rtu_over_tcp(tmp
     assert "## RTU over TCP" in done.stdout and "Side by side" in done.stdout
 
 
+def test_the_floor_beside_starts_late_in_each_slot_of_the_pollers_schedule():
+    """bench/floor.py --paced-s: a round goes as late in a slot as it fits with its margin, never
+    before PACED_AT of it; slots follow cron's */N, which starts again at each minute."""
+    from bench.floor import PACED_AT, paced_start, slot_bounds
+
+    minute = 1_700_000_040.0  # a whole minute
+    assert slot_bounds(minute + 3.5, 1) == (minute + 3, minute + 4)
+    assert slot_bounds(minute + 57.0, 7) == (minute + 56, minute + 60)  # */7: 56 s, then 0 s of the next minute
+    assert paced_start(minute + 0.1, 1, 0.13) == pytest.approx(minute + 1 - 1.3 * 0.13 - 0.02)
+    assert paced_start(minute + 0.9, 1, 0.13) == pytest.approx(minute + 2 - 1.3 * 0.13 - 0.02)  # too late: the next
+    assert paced_start(minute + 0.1, 1, 0.9) == pytest.approx(minute + PACED_AT)  # a long round: not before 0.6
+    assert paced_start(minute + 56.5, 7, 0.5) == pytest.approx(minute + 60 - 1.3 * 0.5 - 0.02)  # the short slot
+
+
 def _check_fleet(result, gateways, units, values, cycles):
     missing = [k for k in REQUIRED if result.get(k) is None]
     assert not missing, f"JSON lacks {missing}: {result}"

@@ -29,8 +29,8 @@ from poller.settings import Settings
 from poller.sink import WriteError
 from poller.spool import HEADER, SEGMENT_PREFIX, SEGMENT_SUFFIX, Spool, SpoolError, SpoolInUse
 from poller.spooldirs import Stranded, open_spool
-from tests.test_outbox import FakeSink, wait_for
-from tests.test_spool import DiskFaults, batch, corrupt, damage, drain, segments
+from tests.test_outbox import FakeSink, spooled_lines, wait_for
+from tests.test_spool import DiskFaults, batch, corrupt, damage, segments
 
 
 def leave(where: Path, lines: list[str], sent: int = 0) -> None:
@@ -80,7 +80,7 @@ def test_find_opens_only_the_directories_no_running_instance_holds(tmp_path):
     finally:
         own.close()
         running.close()
-    assert drain_dir(root / "instance-2") == batch(2, 3)  # the running replica's, untouched
+    assert spooled_lines(root / "instance-2") == batch(2, 3)  # the running replica's, untouched
     assert not list((root / "instance-4").glob(f"{SEGMENT_PREFIX}*"))  # acknowledged segments removed on opening
 
 
@@ -150,14 +150,6 @@ def test_a_directory_that_cannot_be_opened_is_said_once_and_the_others_are_found
                     "writable); they are sent once an instance can open it"], said
 
 
-def drain_dir(where: Path) -> list[str]:
-    spool = Spool(where)
-    try:
-        return drain(spool)
-    finally:
-        spool.close()
-
-
 def test_the_outbox_sends_its_own_spool_then_the_stranded_ones_beside_memory_each_line_once(tmp_path, caplog):
     root = tmp_path / "spool"
     own_lines = batch(100, 7)
@@ -183,7 +175,7 @@ def test_the_outbox_sends_its_own_spool_then_the_stranded_ones_beside_memory_eac
     assert [x for x in sink.taken if x in batch(200, 5)] == batch(200, 5)  # memory's, taking turns with them
     stats = box.stats()
     assert (stats.written_points, stats.replayed_points, stats.dropped_points) == (55, 50, 0)
-    assert drain_dir(root / "instance-1") == [] and drain_dir(root / "instance-2") == []
+    assert spooled_lines(root / "instance-1") == [] and spooled_lines(root / "instance-2") == []
     said = [r.getMessage() for r in caplog.records]
     for slot, n in (("instance-1", 40), ("instance-2", 3)):
         assert (f"spool: {n} points wait in {root / slot}, which no running instance holds (a replica gone, or "
@@ -215,8 +207,8 @@ def test_a_spool_taken_over_stays_on_disk_when_influxdb_is_down_at_the_stop(tmp_
         box.close()
     assert f"stopping with 12 points left in {root / 'instance-1'} (taken over, not sent yet)" in caplog.text
     assert not box.adopt(Spool(tmp_path / "late"))  # closing: the caller keeps it
-    assert drain_dir(root / "instance-1") == batch(1, 12)  # all of it, still there for the next instance
-    assert drain_dir(root / "instance-0") == batch(2, 4)
+    assert spooled_lines(root / "instance-1") == batch(1, 12)  # all of it, still there for the next instance
+    assert spooled_lines(root / "instance-0") == batch(2, 4)
     assert box.stats().dropped_points == 0
 
 
@@ -234,7 +226,7 @@ def test_rejected_batches_of_a_spool_taken_over_go_to_this_instances_dead_letter
         box.close()
     dead = (root / "instance-0" / "dead-letter.jsonl").read_text().splitlines()
     assert [x for entry in dead for x in json.loads(entry)["lines"]] == batch(1, 6)
-    assert drain_dir(root / "instance-1") == []
+    assert spooled_lines(root / "instance-1") == []
 
 
 def test_without_a_spool_of_its_own_the_outbox_takes_nothing_over(tmp_path):
@@ -279,7 +271,7 @@ def test_any_layout_of_stranded_directories_sends_every_good_pending_line_once(s
             shutil.copytree(where, oracle)
             logging.disable(logging.CRITICAL)  # the damage is said by every Spool that opens it
             try:
-                expected[where] = drain_dir(oracle)
+                expected[where] = spooled_lines(oracle)
             finally:
                 logging.disable(logging.NOTSET)
             if running:
@@ -314,7 +306,7 @@ def test_any_layout_of_stranded_directories_sends_every_good_pending_line_once(s
         for where, lines in before.items():  # a running instance's directory: untouched
             logging.disable(logging.CRITICAL)
             try:
-                assert drain_dir(where) == lines
+                assert spooled_lines(where) == lines
             finally:
                 logging.disable(logging.NOTSET)
 
@@ -432,7 +424,7 @@ def test_a_failure_while_looking_keeps_no_lock_of_the_directories_opened_before_
     leave(root / "instance-2", batch(2, 3))
     with opening_fails("instance-2", MemoryError("a stray file too large to read (test)")), pytest.raises(MemoryError):
         Stranded(settings_for(root), root / "instance-0").find()
-    assert drain_dir(root / "instance-1") == batch(1, 3)  # opened by find, and free again
+    assert spooled_lines(root / "instance-1") == batch(1, 3)  # opened by find, and free again
 
 
 def test_slots_are_looked_at_in_their_numbers_order_and_a_stop_ends_the_look(tmp_path):
